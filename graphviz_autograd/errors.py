@@ -1,0 +1,63 @@
+"""Our exceptions: one root, leaves that also subclass the fitting builtin.
+
+Every message says what is wrong, shows the bad value, and says how to fix it.
+"""
+from __future__ import annotations
+
+
+class GraphvizAutogradError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class NotDifferentiableError(GraphvizAutogradError, ValueError):
+    """A tensor given to trace has no autograd graph (no grad_fn, no requires_grad)."""
+
+
+class TraceInputError(GraphvizAutogradError, TypeError):
+    """``trace`` got something that is not a tensor or a container of tensors."""
+
+
+class RenderError(GraphvizAutogradError, RuntimeError):
+    """Graphviz is missing or failed to lay out / write the graph."""
+
+
+class FormatError(GraphvizAutogradError, ValueError):
+    """An unknown output format, option value or malformed JSON graph."""
+
+
+class StoreError(GraphvizAutogradError, RuntimeError):
+    """A run store cannot be opened, read or written."""
+
+
+class SchemaVersionError(StoreError):
+    """A run store was written by a newer version of graphviz-autograd."""
+
+
+class RunNotFoundError(StoreError, FileNotFoundError):
+    """No run store in the given directory."""
+
+
+class HookError(GraphvizAutogradError, RuntimeError):
+    """A recorder or instrumentation hook could not be installed."""
+
+
+class ModelSpecError(GraphvizAutogradError, ValueError):
+    """A ``module:callable`` model spec on the command line cannot be loaded."""
+
+
+class DiagnosisError(GraphvizAutogradError, RuntimeError):
+    """The forward or backward pass failed and was explained (see ``.report``)."""
+
+
+def describe(value: object, limit: int = 80) -> str:
+    """Short, safe repr of a user value for error messages."""
+    try:
+        import torch  # noqa: PLC0415  (only if already importable)
+
+        if isinstance(value, torch.Tensor):
+            return (f"tensor(shape={tuple(value.shape)}, dtype={value.dtype}, "
+                    f"requires_grad={value.requires_grad}, grad_fn={type(value.grad_fn).__name__ if value.grad_fn else None})")
+    except ImportError:  # pragma: no cover
+        pass
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

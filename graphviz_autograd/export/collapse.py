@@ -1,0 +1,84 @@
+"""Fold module subtrees into single nodes (stdlib only; never mutates a Graph)."""
+from __future__ import annotations
+
+from ..model import Edge, Graph, Node, NodeKind
+
+
+def module_depth(module: str) -> int:
+    return 0 if not module else module.count(".") + 1
+
+
+def _node_module(n: Node) -> str:
+    if n.kind is NodeKind.PARAM:
+        return n.param.rpartition(".")[0]
+    return n.module
+
+
+def collapse(graph: Graph, depth: int) -> Graph:
+    """Merge every node whose module is deeper than ``depth`` into one node per module prefix.
+
+    ``depth=0`` folds each top-level module (``features``, ``classifier``) into
+    one node; ``depth=1`` keeps ``features`` open and folds ``features.0`` ...
+    Parameters fold with their module. Inputs and outputs stay.
+    The folded node has id ``module:<path>``, op ``module`` and attrs
+    ``nodes`` (how many it stands for) and ``ops`` (the most common ops).
+    """
+    if depth < 0:
+        from ..errors import FormatError
+        raise FormatError(f"depth must be >= 0, got {depth}; 0 folds every top-level module")
+    target: dict[str, str] = {}
+    groups: dict[str, list[Node]] = {}
+    for n in graph.nodes:
+        mod = _node_module(n)
+        if n.kind in (NodeKind.OUTPUT, NodeKind.LEAF) or module_depth(mod) <= depth:
+            continue
+        prefix = ".".join(mod.split(".")[: depth + 1])
+        gid = f"module:{prefix}"
+        target[n.id] = gid
+        groups.setdefault(gid, []).append(n)
+    if not groups:
+        return graph
+    nodes: list[Node] = []
+    emitted: set[str] = set()
+    for n in graph.nodes:
+        gid = target.get(n.id)
+        if gid is None:
+            nodes.append(n)
+        elif gid not in emitted:
+            emitted.add(gid)
+            members = groups[gid]
+            counts: dict[str, int] = {}
+            for m in members:
+                if m.kind is NodeKind.OP:
+                    counts[m.op] = counts.get(m.op, 0) + 1
+            top = ", ".join(op for op, _ in sorted(counts.items(), key=lambda kv: -kv[1])[:3])
+            n_params = sum(1 for m in members if m.kind is NodeKind.PARAM)
+            seqs = [m.seq for m in members if m.seq >= 0]
+            nodes.append(Node(
+                id=gid, kind=NodeKind.OP, op="module", module=gid[len("module:"):],
+                outputs=_last_outputs(members), seq=min(seqs) if seqs else -1,
+                saved=tuple(s for m in members for s in m.saved),
+                attrs=(("nodes", str(len(members))), ("params", str(n_params)), ("ops", top))))
+    edges: dict[tuple[str, str], Edge] = {}
+    for e in graph.edges:
+        src, dst = target.get(e.src, e.src), target.get(e.dst, e.dst)
+        if src == dst:
+            continue
+        edges.setdefault((src, dst), Edge(src, dst, e.output_nr, e.input_nr, e.meta))
+    return Graph(nodes=tuple(nodes), edges=tuple(edges.values()), roots=graph.roots)
+
+
+def _last_outputs(members: list[Node]):
+    ops = [m for m in members if m.kind is NodeKind.OP]
+    if not ops:
+        return ()
+    return max(ops, key=lambda m: m.seq).outputs
+
+
+def depth_to_fit(graph: Graph, max_nodes: int) -> int | None:
+    """The deepest collapse depth whose graph has at most ``max_nodes`` nodes."""
+    deepest = max((module_depth(_node_module(n)) for n in graph.nodes), default=0)
+    for depth in range(deepest - 1, -1, -1):
+        if len(collapse(graph, depth)) <= max_nodes:
+            return depth
+    return None

@@ -1,0 +1,104 @@
+"""Tag every autograd node created inside a model's forward with its module path
+and the source line of the call that created it.
+
+Example:
+    >>> import torch, graphviz_autograd as ga
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.ReLU())
+    >>> with ga.instrument(net):
+    ...     out = net(torch.randn(3, 4)).sum()
+    >>> ga.trace(out, model=net).node("0/AddmmBackward0:0").module
+    '0'
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Callable, Iterator
+
+import torch
+
+from .errors import HookError
+
+META_KEY = "graphviz_autograd"
+# The tracer reads node tags only once some instrument() block has run.
+ACTIVE_EVER = False
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+_SKIP = (_PKG_DIR, _TORCH_DIR, "<frozen ")
+
+
+def _user_frame_location() -> str:
+    """``file.py:line`` of the innermost frame outside torch and this package."""
+    f = sys._getframe(2)
+    while f is not None:
+        fname = f.f_code.co_filename
+        if not fname.startswith(_SKIP):
+            return f"{os.path.basename(fname)}:{f.f_lineno}"
+        f = f.f_back
+    return ""
+
+
+class Instrumentation:
+    """State of one :func:`instrument` block: the module stack and options."""
+
+    def __init__(self, model: torch.nn.Module, source: bool, on_node: Callable | None):
+        self.model = model
+        self.source = source
+        self.on_node = on_node
+        self.stack: list[str] = []
+        self.nodes_seen = 0
+
+    def push(self, name: str) -> None:
+        self.stack.append(name)
+
+    def pop(self) -> None:
+        if self.stack:
+            self.stack.pop()
+
+    def tag(self, node) -> None:
+        self.nodes_seen += 1
+        module = self.stack[-1] if self.stack else ""
+        where = _user_frame_location() if self.source else ""
+        node.metadata[META_KEY] = (module, where)
+        if self.on_node is not None:
+            self.on_node(node, module)
+
+
+@contextlib.contextmanager
+def instrument(model: torch.nn.Module, *, source: bool = True,
+               on_node: Callable | None = None) -> Iterator[Instrumentation]:
+    """Context manager: nodes created inside ``model``'s forward get module/source tags.
+
+    Args:
+        model: the ``nn.Module`` whose submodules name the nodes.
+        source: also record ``file:line`` of the user code that created each node.
+        on_node: optional ``fn(node, module_path)`` called for each node created
+            (the recorder registers its gradient hooks here).
+
+    Every hook is removed when the block ends, also when the forward raises.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise HookError(f"instrument() needs an nn.Module, got {type(model).__name__}; "
+                        "pass your model, e.g. ga.instrument(net)")
+    global ACTIVE_EVER
+    ACTIVE_EVER = True
+    state = Instrumentation(model, source, on_node)
+    handles = []
+    try:
+        for name, module in model.named_modules():
+            handles.append(module.register_forward_pre_hook(
+                lambda _m, _a, _name=name: state.push(_name)))
+            handles.append(module.register_forward_hook(
+                lambda _m, _a, _o: state.pop(), always_call=True))
+        with torch.autograd.graph.node_creation_hook(state.tag):
+            yield state
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def node_tag(node) -> tuple[str, str] | None:
+    """The ``(module path, source)`` an :func:`instrument` block stored on ``node``."""
+    meta = node.metadata
+    return meta.get(META_KEY) if meta else None

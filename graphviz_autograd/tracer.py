@@ -1,0 +1,353 @@
+"""Walk a live autograd graph into a plain :class:`~graphviz_autograd.model.Graph`.
+
+Example:
+    >>> import torch, graphviz_autograd as ga
+    >>> net = torch.nn.Linear(4, 2)
+    >>> loss = net(torch.randn(3, 4)).pow(2).mean()
+    >>> g = ga.trace(loss, model=net)
+    >>> sorted(g.params)
+    ['bias', 'weight']
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from . import _stack, ids
+from . import instrumentation as _instrument
+from .errors import NotDifferentiableError, TraceInputError, describe
+from .model import Edge, Graph, Node, NodeKind, SavedTensor, TensorMeta
+
+_DTYPE_NAMES: dict[Any, str] = {}
+_SAVED_ATTRS: dict[type, tuple[str, ...]] = {}
+
+
+def trace(outputs, *, model: torch.nn.Module | None = None, saved: bool = True,
+          show_saved: bool = False) -> Graph:
+    """Trace the autograd graph behind ``outputs`` into a :class:`Graph`.
+
+    Args:
+        outputs: a tensor, or a (nested) tuple/list/dict/dataclass of tensors.
+            Entries that are not tensors or do not require grad are skipped;
+            at least one must have an autograd graph.
+        model: the module whose parameters name the parameter nodes
+            (``param:conv1.weight``) and whose structure names op modules.
+        saved: collect metadata (shape, dtype, bytes) of tensors saved for
+            backward. Cheap; turn off for the fastest structural walk.
+        show_saved: add one ``saved`` node per saved storage, linked to the
+            ops that saved it.
+
+    Returns:
+        A frozen :class:`Graph` holding plain data only: no tensor, node or
+        module reference survives this call.
+
+    Raises:
+        NotDifferentiableError: no entry of ``outputs`` has a graph.
+        TraceInputError: ``outputs`` holds nothing tensor-like.
+    """
+    roots = _flatten_roots(outputs)
+    if model is not None and not isinstance(model, torch.nn.Module):
+        raise TraceInputError(f"model= must be an nn.Module, got {describe(model)}; "
+                              "pass the network whose parameters you want named")
+    param_names = {}
+    if model is not None:
+        param_names = {id(p): name for name, p in model.named_parameters()}
+    return _Walker(param_names, saved or show_saved, show_saved).run(roots)
+
+
+# -- inputs --------------------------------------------------------------------
+def _flatten_roots(outputs) -> list[tuple[str, torch.Tensor]]:
+    found: list[tuple[str, Any]] = []
+    stack: list[tuple[str, Any]] = [("", outputs)]
+    while stack:
+        path, value = stack.pop()
+        children = _children(value)
+        if children is None:
+            found.append((path or "0", value))
+        else:
+            stack.extend(reversed([(f"{path}.{k}" if path else str(k), v) for k, v in children]))
+    tensors = [(p, v) for p, v in found if isinstance(v, torch.Tensor)]
+    if not tensors:
+        raise TraceInputError(
+            f"trace() found no tensor in {describe(outputs)}; pass the loss or the model's "
+            "output (a tensor, or a tuple/list/dict of tensors)")
+    diff = [(p, t) for p, t in tensors if t.requires_grad]
+    if not diff:
+        path, t = tensors[0]
+        where = "" if path == "0" else f" (at {path!r})"
+        raise NotDifferentiableError(
+            f"{describe(t)}{where} has no autograd graph, so there is nothing to trace. "
+            "Did you compute it under torch.no_grad() or torch.inference_mode(), call "
+            ".detach() or .item(), or use inputs/parameters with requires_grad=False? "
+            "Compute it with grad enabled from parameters that require grad.")
+    return diff
+
+
+def _children(value):
+    if isinstance(value, torch.Tensor):
+        return None
+    if isinstance(value, Mapping):
+        return list(value.items())
+    if isinstance(value, tuple) and hasattr(value, "_asdict"):
+        return list(value._asdict().items())
+    if isinstance(value, (list, tuple)):
+        return list(enumerate(value))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)]
+    return None
+
+
+# -- the walk ------------------------------------------------------------------
+def _dtype_name(dtype) -> str:
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype).replace("torch.", "")
+    return name
+
+
+def _meta_of(shape, dtype, device) -> TensorMeta:
+    return TensorMeta(tuple(int(d) for d in shape), _dtype_name(dtype), str(device))
+
+
+def _saved_attrs(fn) -> tuple[str, ...]:
+    cls = type(fn)
+    attrs = _SAVED_ATTRS.get(cls)
+    if attrs is None:
+        attrs = tuple(a for a in dir(cls) if a.startswith("_saved_")
+                      and not a.endswith(("_sym_sizes", "_sym_strides")))
+        _SAVED_ATTRS[cls] = attrs
+    return attrs
+
+
+class _Walker:
+    def __init__(self, param_names: dict[int, str], saved: bool, show_saved: bool):
+        self.param_names = param_names
+        self.saved = saved
+        self.show_saved = show_saved
+        self.storages: dict[int, int] = {}
+
+    def run(self, roots: list[tuple[str, torch.Tensor]]) -> Graph:
+        fns: list[Any] = []
+        index: dict[Any, int] = {}
+        raw_edges: list[tuple[int, int, int, int]] = []   # src, dst, output_nr, input_nr
+        root_refs: list[tuple[str, int, int, TensorMeta]] = []
+        for name, t in roots:
+            fn = t.grad_fn
+            if fn is None:
+                fn = torch.autograd.graph.get_gradient_edge(t).node
+            if fn not in index:
+                index[fn] = len(fns)
+                fns.append(fn)
+            root_refs.append((name, index[fn], t.output_nr if t.grad_fn is not None else 0,
+                              _meta_of(t.shape, t.dtype, t.device)))
+        # Iterative DFS in next_functions order: deterministic discovery order.
+        stack = list(reversed(range(len(fns))))
+        visited = [False] * len(fns)
+        while stack:
+            i = stack.pop()
+            if visited[i]:
+                continue
+            visited[i] = True
+            pending = []
+            for input_nr, (nxt, output_nr) in enumerate(fns[i].next_functions):
+                if nxt is None:
+                    continue
+                j = index.get(nxt)
+                if j is None:
+                    j = index[nxt] = len(fns)
+                    fns.append(nxt)
+                    visited.append(False)
+                raw_edges.append((j, i, output_nr, input_nr))
+                if not visited[j]:
+                    pending.append(j)
+            stack.extend(reversed(pending))
+        del index, stack
+        graph = self._build(fns, raw_edges, root_refs)
+        fns.clear()
+        _stack.ensure_release_stack(_longest_path(len(graph.nodes), raw_edges))
+        return graph
+
+    def _build(self, fns, raw_edges, root_refs) -> Graph:
+        n = len(fns)
+        kinds: list[NodeKind] = []
+        ops: list[str] = []
+        outputs: list[tuple] = []
+        seqs: list[int] = []
+        params: list[str] = []
+        modules: list[str] = [""] * n
+        sources: list[str] = [""] * n
+        saved: list[tuple] = [()] * n
+        attrs: list[tuple] = [()] * n
+        read_tags = _instrument.ACTIVE_EVER
+        for i, fn in enumerate(fns):
+            outputs.append(tuple(_meta_of(m.shape, m.dtype, m.device) for m in fn._input_metadata))
+            if hasattr(fn, "variable"):        # AccumulateGrad
+                var = fn.variable
+                pname = self.param_names.get(id(var), "")
+                kinds.append(NodeKind.PARAM if pname else NodeKind.LEAF)
+                ops.append("AccumulateGrad")
+                params.append(pname)
+                seqs.append(-1)
+                continue
+            kinds.append(NodeKind.OP)
+            ops.append(fn.name())
+            params.append("")
+            seqs.append(fn._sequence_nr())
+            if read_tags:
+                tag = _instrument.node_tag(fn)
+                if tag is not None:
+                    modules[i], sources[i] = tag
+            if self.saved:
+                saved[i], attrs[i] = self._saved_of(fn)
+        _attribute_modules(kinds, params, modules, raw_edges)
+        node_ids = self._ids(kinds, ops, params, modules, seqs)
+        seq_rank = {i: r for r, i in enumerate(sorted((i for i in range(n) if seqs[i] >= 0),
+                                                      key=lambda i: (seqs[i], i)))}
+        nodes = [Node(id=node_ids[i], kind=kinds[i], op=ops[i], module=modules[i],
+                      source=sources[i], param=params[i], outputs=outputs[i],
+                      saved=saved[i], seq=seq_rank.get(i, -1), attrs=attrs[i])
+                 for i in range(n)]
+        edges = [Edge(node_ids[s], node_ids[d], o, k,
+                      outputs[s][o] if o < len(outputs[s]) else None)
+                 for s, d, o, k in raw_edges]
+        roots = []
+        for name, i, output_nr, meta in root_refs:
+            oid = ids.output_id(name)
+            nodes.append(Node(id=oid, kind=NodeKind.OUTPUT, op="output", param=name,
+                              outputs=(meta,)))
+            edges.append(Edge(node_ids[i], oid, output_nr, 0, meta))
+            roots.append(oid)
+        if self.show_saved:
+            _add_saved_nodes(nodes, edges)
+        return Graph(nodes=tuple(nodes), edges=tuple(edges), roots=tuple(roots))
+
+    def _ids(self, kinds, ops, params, modules, seqs) -> list[str]:
+        out = [""] * len(kinds)
+        leaf_k = 0
+        op_idx = []
+        for i, kind in enumerate(kinds):
+            if kind is NodeKind.PARAM:
+                out[i] = ids.param_id(params[i])
+            elif kind is NodeKind.LEAF:
+                out[i] = ids.leaf_id(leaf_k)
+                leaf_k += 1
+            else:
+                op_idx.append(i)
+        order = sorted(range(len(op_idx)), key=lambda j: (seqs[op_idx[j]], op_idx[j]))
+        op_names = ids.op_ids([(modules[i], ops[i]) for i in op_idx], order)
+        for j, i in enumerate(op_idx):
+            out[i] = op_names[j]
+        return out
+
+    def _saved_of(self, fn) -> tuple[tuple[SavedTensor, ...], tuple[tuple[str, str], ...]]:
+        tensors: list[SavedTensor] = []
+        attrs: list[tuple[str, str]] = []
+        names = _saved_attrs(fn)
+        if not names and hasattr(fn, "saved_tensors"):   # custom autograd.Function
+            names = ("saved_tensors",)
+        for attr in names:
+            name = attr[len("_saved_"):] if attr.startswith("_saved_") else attr
+            try:
+                value = getattr(fn, attr)
+            except RuntimeError:         # buffers freed by backward()
+                tensors.append(SavedTensor(name=name, freed=True))
+                continue
+            except Exception:            # noqa: BLE001 - odd saved kinds: skip, never fail a trace
+                continue
+            if isinstance(value, torch.Tensor):
+                tensors.append(self._saved_tensor(name, value))
+            elif isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
+                tensors.extend(self._saved_tensor(f"{name}[{k}]", v)
+                               for k, v in enumerate(value) if isinstance(v, torch.Tensor))
+            elif value is not None and isinstance(value, (int, float, bool, str, tuple, list)):
+                attrs.append((name, str(value)))
+        return tuple(tensors), tuple(attrs)
+
+    def _saved_tensor(self, name: str, t: torch.Tensor) -> SavedTensor:
+        meta = _meta_of(t.shape, t.dtype, t.device)
+        try:
+            storage = t.untyped_storage()
+            ptr, nbytes = storage.data_ptr(), storage.nbytes()
+        except (RuntimeError, NotImplementedError, TypeError):   # sparse, meta, ...
+            ptr, nbytes = id(t), t.numel() * t.element_size()
+        if ptr == 0:
+            ptr = id(t)
+        key = self.storages.setdefault(ptr, len(self.storages))
+        return SavedTensor(name=name, meta=meta, nbytes=int(nbytes), storage=f"s{key}")
+
+
+def _attribute_modules(kinds, params, modules, raw_edges) -> None:
+    """Give ops without an instrumentation tag the module of the parameter they consume.
+
+    A unary chain on one parameter (``t()``, ``view``, ``expand`` of a weight) takes
+    that parameter's module; an op consuming parameters (or such chains) of one
+    module takes that module.
+    """
+    if all(modules[i] for i, k in enumerate(kinds) if k is NodeKind.OP):
+        return
+    inputs: dict[int, list[int]] = {}
+    for s, d, _o, _k in raw_edges:
+        inputs.setdefault(d, []).append(s)
+    owner: dict[int, str] = {i: p.rpartition(".")[0] for i, p in enumerate(params)
+                             if kinds[i] is NodeKind.PARAM}
+    changed = True
+    while changed:          # param-only chains (t, view, expand) are short
+        changed = False
+        for d, srcs in inputs.items():
+            if d in owner or kinds[d] is not NodeKind.OP:
+                continue
+            if len(srcs) == 1 and srcs[0] in owner:
+                owner[d] = owner[srcs[0]]
+                changed = True
+    for d, srcs in inputs.items():
+        if kinds[d] is NodeKind.OP and not modules[d]:
+            mods = {owner[s] for s in srcs if s in owner and owner[s]}
+            if d in owner and owner[d]:
+                modules[d] = owner[d]
+            elif len(mods) == 1:
+                modules[d] = mods.pop()
+
+
+def _add_saved_nodes(nodes: list[Node], edges: list[Edge]) -> None:
+    by_storage: dict[str, SavedTensor] = {}
+    users: dict[str, list[tuple[str, str]]] = {}
+    for n in nodes:
+        for s in n.saved:
+            if s.freed or not s.storage:
+                continue
+            by_storage.setdefault(s.storage, s)
+            users.setdefault(s.storage, []).append((n.id, s.name))
+    for storage, s in by_storage.items():
+        sid = ids.saved_id(int(storage[1:]))
+        nodes.append(Node(id=sid, kind=NodeKind.SAVED, op="saved", param=s.name,
+                          outputs=(s.meta,), saved=(s,)))
+        for user, _name in users[storage]:
+            edges.append(Edge(sid, user, 0, -1, s.meta))
+
+
+def _longest_path(n: int, raw_edges: list[tuple[int, int, int, int]]) -> int:
+    """Length of the longest chain of nodes (iterative topological pass)."""
+    if n < _stack.SAFE_DEPTH_DEFAULT:
+        return n
+    succ: list[list[int]] = [[] for _ in range(n)]
+    indeg = [0] * n
+    for s, d, _o, _k in raw_edges:
+        succ[d].append(s)            # root -> leaves direction
+        indeg[s] += 1
+    depth = [1] * n
+    ready = [i for i in range(n) if indeg[i] == 0]
+    best = 1
+    while ready:
+        i = ready.pop()
+        di = depth[i]
+        best = max(best, di)
+        for j in succ[i]:
+            if depth[j] < di + 1:
+                depth[j] = di + 1
+            indeg[j] -= 1
+            if indeg[j] == 0:
+                ready.append(j)
+    return best
