@@ -193,7 +193,7 @@ class _Walker:
                 seqs.append(-1)
                 continue
             kinds.append(NodeKind.OP)
-            ops.append(fn.name())
+            ops.append(fn.name().rpartition("::")[2])
             params.append("")
             seqs.append(fn._sequence_nr())
             if read_tags:

@@ -220,7 +220,7 @@ def find_dot() -> tuple[str, str]:
     """``(path, flavour)`` of the Graphviz binary: system ``dot`` first, then graphviz-pure."""
     override = os.environ.get("GVA_DOT")
     if override:
-        return override, "custom"
+        return override, ("graphviz-pure" if "graphviz-pure" in os.path.basename(override) else "dot")
     path = shutil.which("dot")
     if path:
         return path, "dot"

@@ -1,0 +1,97 @@
+"""Command line: ``graphviz-autograd render|train|dashboard|doctor|demo`` (alias ``gva``)."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import click
+
+from .errors import GraphvizAutogradError
+
+
+class _Group(click.Group):
+    """Turns our own errors into one clear line and exit code 2, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except GraphvizAutogradError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="graphviz-autograd")
+def main() -> None:
+    """See what PyTorch autograd built, and why a network does not learn."""
+
+
+def _input_option(f):
+    return click.option("--input-shape", "input_shape", required=True, metavar="N,C,H,W",
+                        help="Shape of a random input batch, e.g. 1,3,224,224.")(f)
+
+
+@main.command()
+@click.argument("spec")
+@_input_option
+@click.option("-o", "--output", default=None, help="Image path; the suffix (.svg .png .pdf .dot) picks the format.")
+@click.option("--depth", type=int, default=None, help="Fold modules deeper than this into one node.")
+@click.option("--show-saved", is_flag=True, help="Draw tensors saved for backward.")
+@click.option("--max-nodes", type=int, default=2000, show_default=True,
+              help="Fold modules automatically above this many nodes (0: never).")
+@click.option("--json", "json_path", default=None, help="Also write the graph as JSON here.")
+@click.option("--dtype", default="float32", show_default=True, help="Input dtype.")
+def render(spec, input_shape, output, depth, show_saved, max_nodes, json_path, dtype):
+    """Trace SPEC (module:callable or file.py:Class) on a random input and render its graph.
+
+    Example: graphviz-autograd render torchvision.models:resnet18 --input-shape 1,3,224,224 -o resnet18.svg
+    """
+    import torch
+
+    from .instrumentation import instrument
+    from .modelspec import load_model_spec, parse_shape
+    from .tracer import trace
+
+    shape = parse_shape(input_shape)
+    model = load_model_spec(spec)
+    torch_dtype = getattr(torch, dtype, None)
+    if not isinstance(torch_dtype, torch.dtype):
+        raise click.BadParameter(f"{dtype!r} is not a torch dtype (try float32, float64)",
+                                 param_hint="--dtype")
+    x = torch.randn(shape, dtype=torch_dtype)
+    t0 = time.perf_counter()
+    try:
+        with instrument(model):
+            out = model(x)
+    except RuntimeError as exc:
+        raise click.ClickException(
+            f"the forward pass of {spec} on an input of shape {shape} failed: {exc}\n"
+            f"Check --input-shape, or run `graphviz-autograd doctor {spec} --input-shape "
+            f"{input_shape}` for an explanation.") from None
+    graph = trace(out, model=model, show_saved=show_saved)
+    t_trace = time.perf_counter() - t0
+    output = output or f"{spec.rpartition(':')[2]}.svg"
+    t0 = time.perf_counter()
+    path = graph.render(output, depth=depth, max_nodes=max_nodes or None)
+    t_render = time.perf_counter() - t0
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as f:
+            f.write(graph.to_json(indent=1))
+    click.echo(f"{graph.summary()}; traced in {t_trace * 1000:.0f} ms, rendered in "
+               f"{t_render:.1f} s -> {os.path.abspath(path)}")
+
+
+def _register_optional() -> None:
+    """Commands whose code lives in other modules (imported only when used)."""
+    from . import cli_commands  # noqa: F401  (registers train, dashboard, doctor, demo)
+
+
+try:
+    _register_optional()
+except ImportError:  # pragma: no cover - while the optional commands are being built
+    pass
+
+
+if __name__ == "__main__":
+    main()
