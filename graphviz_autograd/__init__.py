@@ -11,11 +11,13 @@ from .errors import GraphvizAutogradError
 from .export.serialize import load_graph
 from .instrumentation import instrument
 from .model import Edge, Graph, Node, NodeKind, SavedTensor, TensorMeta
+from .recorder import Recorder
+from .store import open_run
 from .tracer import trace
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Edge", "Graph", "GraphvizAutogradError", "Node", "NodeKind", "SavedTensor",
-    "TensorMeta", "instrument", "load_graph", "trace",
+    "Edge", "Graph", "GraphvizAutogradError", "Node", "NodeKind", "Recorder", "SavedTensor",
+    "TensorMeta", "instrument", "load_graph", "open_run", "trace",
 ]

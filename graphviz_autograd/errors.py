@@ -37,6 +37,10 @@ class RunNotFoundError(StoreError, FileNotFoundError):
     """No run store in the given directory."""
 
 
+class ConfigError(GraphvizAutogradError, ValueError):
+    """A bad argument to the recorder or another public entry point."""
+
+
 class HookError(GraphvizAutogradError, RuntimeError):
     """A recorder or instrumentation hook could not be installed."""
 
@@ -61,3 +65,24 @@ def describe(value: object, limit: int = 80) -> str:
         pass
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class DiagnoseInputError(GraphvizAutogradError, ValueError):
+    """``diagnose`` (or a testing helper) was called with arguments it cannot use."""
+
+
+class GradientFlowError(GraphvizAutogradError, AssertionError):
+    """A gradient assertion of ``graphviz_autograd.testing`` failed.
+
+    ``.diagnosis`` holds the :class:`~graphviz_autograd.diagnose.Diagnosis` and
+    ``.artifacts`` the files written for it (empty without ``--gva-artifacts``).
+    """
+
+    def __init__(self, message: str, diagnosis=None, artifacts: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.diagnosis = diagnosis
+        self.artifacts = artifacts
+
+
+class GoldenGraphError(GraphvizAutogradError, AssertionError):
+    """A traced graph differs from its golden file (or the golden file is missing)."""

@@ -39,26 +39,70 @@ def _user_frame_location() -> str:
     return ""
 
 
-class Instrumentation:
-    """State of one :func:`instrument` block: the module stack and options."""
+class ModuleTracker:
+    """Owns a forward pre-hook and post-hook on every submodule of ``model``.
 
-    def __init__(self, model: torch.nn.Module, source: bool, on_node: Callable | None):
+    While installed it keeps ``stack`` (the module paths whose forward is
+    running) and calls ``on_output(path, module, output)`` after each forward
+    when given. :meth:`remove` takes every hook off; callers do it in
+    ``finally``.
+    """
+
+    def __init__(self, model: torch.nn.Module, on_output: Callable | None = None):
+        if not isinstance(model, torch.nn.Module):
+            raise HookError(f"expected an nn.Module, got {type(model).__name__}; "
+                            "pass your model, e.g. ga.instrument(net)")
         self.model = model
+        self.on_output = on_output
+        self.stack: list[str] = []
+        self._handles: list = []
+
+    @property
+    def current(self) -> str:
+        return self.stack[-1] if self.stack else ""
+
+    def install(self) -> "ModuleTracker":
+        try:
+            for name, module in self.model.named_modules():
+                self._handles.append(module.register_forward_pre_hook(self._pre(name)))
+                self._handles.append(module.register_forward_hook(self._post(name), always_call=True))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def _pre(self, name: str):
+        def hook(_module, _args):
+            self.stack.append(name)
+        return hook
+
+    def _post(self, name: str):
+        def hook(module, _args, output):
+            if self.stack:
+                self.stack.pop()
+            if self.on_output is not None:
+                self.on_output(name, module, output)
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self.stack.clear()
+
+
+class Instrumentation:
+    """State of one :func:`instrument` block."""
+
+    def __init__(self, tracker: ModuleTracker, source: bool, on_node: Callable | None):
+        self.tracker = tracker
         self.source = source
         self.on_node = on_node
-        self.stack: list[str] = []
         self.nodes_seen = 0
-
-    def push(self, name: str) -> None:
-        self.stack.append(name)
-
-    def pop(self) -> None:
-        if self.stack:
-            self.stack.pop()
 
     def tag(self, node) -> None:
         self.nodes_seen += 1
-        module = self.stack[-1] if self.stack else ""
+        module = self.tracker.current
         where = _user_frame_location() if self.source else ""
         node.metadata[META_KEY] = (module, where)
         if self.on_node is not None:
@@ -68,34 +112,25 @@ class Instrumentation:
 @contextlib.contextmanager
 def instrument(model: torch.nn.Module, *, source: bool = True,
                on_node: Callable | None = None) -> Iterator[Instrumentation]:
-    """Context manager: nodes created inside ``model``'s forward get module/source tags.
+    """Context manager: nodes created inside the block get module/source tags.
 
     Args:
         model: the ``nn.Module`` whose submodules name the nodes.
         source: also record ``file:line`` of the user code that created each node.
-        on_node: optional ``fn(node, module_path)`` called for each node created
-            (the recorder registers its gradient hooks here).
+        on_node: optional ``fn(node, module_path)`` called for each node created.
 
     Every hook is removed when the block ends, also when the forward raises.
     """
-    if not isinstance(model, torch.nn.Module):
-        raise HookError(f"instrument() needs an nn.Module, got {type(model).__name__}; "
-                        "pass your model, e.g. ga.instrument(net)")
     global ACTIVE_EVER
     ACTIVE_EVER = True
-    state = Instrumentation(model, source, on_node)
-    handles = []
+    tracker = ModuleTracker(model)
+    state = Instrumentation(tracker, source, on_node)
     try:
-        for name, module in model.named_modules():
-            handles.append(module.register_forward_pre_hook(
-                lambda _m, _a, _name=name: state.push(_name)))
-            handles.append(module.register_forward_hook(
-                lambda _m, _a, _o: state.pop(), always_call=True))
+        tracker.install()
         with torch.autograd.graph.node_creation_hook(state.tag):
             yield state
     finally:
-        for h in handles:
-            h.remove()
+        tracker.remove()
 
 
 def node_tag(node) -> tuple[str, str] | None:

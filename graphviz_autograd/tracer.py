@@ -26,7 +26,7 @@ _SAVED_ATTRS: dict[type, tuple[str, ...]] = {}
 
 
 def trace(outputs, *, model: torch.nn.Module | None = None, saved: bool = True,
-          show_saved: bool = False) -> Graph:
+          show_saved: bool = False, _visit=None) -> Graph:
     """Trace the autograd graph behind ``outputs`` into a :class:`Graph`.
 
     Args:
@@ -55,7 +55,7 @@ def trace(outputs, *, model: torch.nn.Module | None = None, saved: bool = True,
     param_names = {}
     if model is not None:
         param_names = {id(p): name for name, p in model.named_parameters()}
-    return _Walker(param_names, saved or show_saved, show_saved).run(roots)
+    return _Walker(param_names, saved or show_saved, show_saved, _visit).run(roots)
 
 
 # -- inputs --------------------------------------------------------------------
@@ -123,7 +123,8 @@ def _saved_attrs(fn) -> tuple[str, ...]:
 
 
 class _Walker:
-    def __init__(self, param_names: dict[int, str], saved: bool, show_saved: bool):
+    def __init__(self, param_names: dict[int, str], saved: bool, show_saved: bool, visit=None):
+        self.visit = visit
         self.param_names = param_names
         self.saved = saved
         self.show_saved = show_saved
@@ -166,6 +167,9 @@ class _Walker:
             stack.extend(reversed(pending))
         del index, stack
         graph = self._build(fns, raw_edges, root_refs)
+        if self.visit is not None:      # internal: the recorder maps live nodes to ids
+            for fn, node in zip(fns, graph.nodes):
+                self.visit(fn, node.id)
         fns.clear()
         _stack.ensure_release_stack(_longest_path(len(graph.nodes), raw_edges))
         return graph
@@ -243,40 +247,61 @@ class _Walker:
         return out
 
     def _saved_of(self, fn) -> tuple[tuple[SavedTensor, ...], tuple[tuple[str, str], ...]]:
-        tensors: list[SavedTensor] = []
-        attrs: list[tuple[str, str]] = []
-        names = _saved_attrs(fn)
-        if not names and hasattr(fn, "saved_tensors"):   # custom autograd.Function
-            names = ("saved_tensors",)
-        for attr in names:
-            name = attr[len("_saved_"):] if attr.startswith("_saved_") else attr
-            try:
-                value = getattr(fn, attr)
-            except RuntimeError:         # buffers freed by backward()
-                tensors.append(SavedTensor(name=name, freed=True))
+        raw = None
+        if _instrument.ACTIVE_EVER:
+            meta = fn.metadata
+            raw = meta.get(SAVED_KEY) if meta else None
+        if raw is None:
+            raw = raw_saved(fn)
+        tensors, attrs = raw
+        out = []
+        for name, meta, nbytes, ptr, freed in tensors:
+            if freed:
+                out.append(SavedTensor(name=name, freed=True))
                 continue
-            except Exception:            # noqa: BLE001 - odd saved kinds: skip, never fail a trace
-                continue
-            if isinstance(value, torch.Tensor):
-                tensors.append(self._saved_tensor(name, value))
-            elif isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
-                tensors.extend(self._saved_tensor(f"{name}[{k}]", v)
-                               for k, v in enumerate(value) if isinstance(v, torch.Tensor))
-            elif value is not None and isinstance(value, (int, float, bool, str, tuple, list)):
-                attrs.append((name, str(value)))
-        return tuple(tensors), tuple(attrs)
+            key = self.storages.setdefault(ptr, len(self.storages))
+            out.append(SavedTensor(name=name, meta=meta, nbytes=nbytes, storage=f"s{key}"))
+        return tuple(out), attrs
 
-    def _saved_tensor(self, name: str, t: torch.Tensor) -> SavedTensor:
-        meta = _meta_of(t.shape, t.dtype, t.device)
+
+SAVED_KEY = "graphviz_autograd.saved"
+
+
+def raw_saved(fn):
+    """Saved tensors of ``fn`` as plain tuples ``(name, meta, nbytes, storage_ptr, freed)``
+    plus non-tensor saved values as ``(name, text)`` attrs. Holds no tensor."""
+    tensors: list[tuple] = []
+    attrs: list[tuple[str, str]] = []
+    names = _saved_attrs(fn)
+    if not names and hasattr(fn, "saved_tensors"):   # custom autograd.Function
+        names = ("saved_tensors",)
+    for attr in names:
+        name = attr[len("_saved_"):] if attr.startswith("_saved_") else attr
         try:
-            storage = t.untyped_storage()
-            ptr, nbytes = storage.data_ptr(), storage.nbytes()
-        except (RuntimeError, NotImplementedError, TypeError):   # sparse, meta, ...
-            ptr, nbytes = id(t), t.numel() * t.element_size()
-        if ptr == 0:
-            ptr = id(t)
-        key = self.storages.setdefault(ptr, len(self.storages))
-        return SavedTensor(name=name, meta=meta, nbytes=int(nbytes), storage=f"s{key}")
+            value = getattr(fn, attr)
+        except RuntimeError:         # buffers freed by backward()
+            tensors.append((name, None, 0, 0, True))
+            continue
+        except Exception:            # noqa: BLE001 - odd saved kinds: skip, never fail a trace
+            continue
+        if isinstance(value, torch.Tensor):
+            tensors.append(_saved_tensor(name, value))
+        elif isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
+            tensors.extend(_saved_tensor(f"{name}[{k}]", v)
+                           for k, v in enumerate(value) if isinstance(v, torch.Tensor))
+        elif value is not None and isinstance(value, (int, float, bool, str, tuple, list)):
+            attrs.append((name, str(value)))
+    return tuple(tensors), tuple(attrs)
+
+
+def _saved_tensor(name: str, t: torch.Tensor) -> tuple:
+    meta = _meta_of(t.shape, t.dtype, t.device)
+    try:
+        storage = t.untyped_storage()
+        ptr, nbytes = storage.data_ptr(), storage.nbytes()
+    except (RuntimeError, NotImplementedError, TypeError):   # sparse, meta, ...
+        ptr, nbytes = id(t), t.numel() * t.element_size()
+    return (name, meta, int(nbytes), ptr or id(t), False)
 
 
 def _attribute_modules(kinds, params, modules, raw_edges) -> None:

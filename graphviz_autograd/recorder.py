@@ -1,0 +1,397 @@
+"""Record a training run: loss, per-parameter, per-autograd-node and per-module statistics.
+
+Example:
+    >>> import torch, tempfile, graphviz_autograd as ga
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    >>> with ga.Recorder(net, tempfile.mkdtemp(), optimizer=opt, every=1) as rec:
+    ...     for step in range(3):
+    ...         opt.zero_grad()
+    ...         loss = net(torch.randn(16, 4)).pow(2).mean()
+    ...         loss.backward()
+    ...         opt.step()
+    ...         rec.log(step, loss=loss)
+    >>> len(ga.open_run(rec.run_dir).steps())
+    3
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+import warnings
+import weakref
+
+import torch
+
+from . import stats as S
+from .errors import ConfigError, HookError, describe
+from . import instrumentation
+from .instrumentation import META_KEY, ModuleTracker, _user_frame_location
+from .store import RunWriter
+from .tracer import SAVED_KEY, raw_saved, trace
+
+WHAT = ("params", "nodes", "activations")
+SLOT_KEY = "graphviz_autograd.slot"
+MAX_SLOTS = 1_000_000
+_ACT_OPS = ("ReluBackward", "SigmoidBackward", "TanhBackward")
+_OPEN: "weakref.WeakKeyDictionary[torch.nn.Module, Recorder]" = weakref.WeakKeyDictionary()
+
+
+class Recorder:
+    """Hooks a model (and optionally its optimizer) and writes one store per rank.
+
+    Args:
+        model: the network being trained (a ``DistributedDataParallel`` wrapper works).
+        run_dir: directory of the run; one ``rank-<r>.gva.sqlite`` per process.
+        optimizer: when given, learning rates and update/parameter ratios
+            ``||w_after - w_before|| / ||w_before||`` are recorded.
+        every: record statistics every ``every``-th logged step (loss and
+            scalars are written every step). Default 10: overhead stays under 3%.
+        record: which statistics: any of ``"params"``, ``"nodes"`` (one
+            detector per autograd node), ``"activations"``; default all.
+        overwrite: replace a run this rank already wrote in ``run_dir``.
+        flush_interval: seconds between writes to disk (also flushed on close).
+        source: record the source line that created each node.
+        meta: extra JSON-able information stored with the run.
+
+    Use as a context manager, or call :meth:`close`; every hook is removed on
+    close, also when training raises.
+    """
+
+    def __init__(self, model: torch.nn.Module, run_dir, *, optimizer=None, every: int = 10,
+                 record=WHAT, overwrite: bool = False, flush_interval: float = 2.0,
+                 source: bool = True, meta: dict | None = None):
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"Recorder needs the model (an nn.Module) first, got {describe(model)}; "
+                              "call ga.Recorder(model, 'runs/name', optimizer=opt)")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ConfigError(f"every={every!r} must be a positive integer (1 records every step)")
+        record = (record,) if isinstance(record, str) else tuple(record)
+        bad = [r for r in record if r not in WHAT]
+        if bad or not record:
+            raise ConfigError(f"record={record!r}: choose any of {WHAT}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise ConfigError(f"optimizer= must be a torch.optim.Optimizer, got {describe(optimizer)}")
+        if model in _OPEN:
+            raise HookError(f"{type(model).__name__} already has an open Recorder writing to "
+                            f"{_OPEN[model].run_dir}; close it (or use `with`) before starting another")
+        self.model, self.optimizer, self.every, self.record = model, optimizer, every, set(record)
+        self.source = source
+        rank, world = _rank_and_world()
+        self._params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self._writer = RunWriter(run_dir, rank=rank, world_size=world, overwrite=overwrite,
+                                 flush_interval=flush_interval, meta=_run_meta(self, meta))
+        self.run_dir = str(self._writer.run_dir)
+        self.rank, self.world_size = rank, world
+        self._versions: dict[str, int] = {}
+        self._closed = False
+        self._logged = 0
+        self._last_step: int | None = None
+        self.graph = None
+        self._reset_step()
+        self._handles: list = []
+        self._tracker = ModuleTracker(model, on_output=self._on_module_output)
+        instrumentation.ACTIVE_EVER = True
+        try:
+            self._tracker.install()
+            self._handles.append(model.register_forward_pre_hook(self._on_forward_start))
+            self._handles.append(model.register_forward_hook(self._on_forward_end))
+            if optimizer is not None and "params" in self.record:
+                self._handles.append(optimizer.register_step_pre_hook(self._before_opt_step))
+                self._handles.append(optimizer.register_step_post_hook(self._after_opt_step))
+        except BaseException:
+            self._remove_hooks()
+            self._writer.close()
+            raise
+        _OPEN[model] = self
+        self._finalizer = weakref.finalize(self, _finalize, self._writer)
+
+    # -- per-step state ----------------------------------------------------------
+    def _reset_step(self) -> None:
+        self._capturing = False
+        self._capture_saved = False
+        self._capture_thread = None
+        self._slots: list = []          # node slot -> gradient vector (tensor) or None
+        self._slot_ops: list[str] = []
+        self._node_acts: dict[int, torch.Tensor] = {}
+        self._node_handles: list = []
+        self._acts: dict[str, torch.Tensor] = {}
+        self._output = None
+        self._before = None
+        self._update_norms = None
+
+    def _recording_this_step(self) -> bool:
+        return self._logged % self.every == 0
+
+    # -- hooks --------------------------------------------------------------------
+    def _on_forward_start(self, _module, _args) -> None:
+        if self._closed or self._capturing or not self._recording_this_step():
+            return
+        if not torch.is_grad_enabled():
+            return
+        self._capturing = True
+        self._capture_thread = threading.get_ident()
+        self._capture_saved = not self._versions or self._graph_changed
+        torch._C._autograd._push_node_creation_hook(self._on_node)
+
+    def _on_forward_end(self, _module, _args, output) -> None:
+        if self._capturing:
+            self._output = output       # fallback root when log() gets no loss
+
+    def _on_node(self, node) -> None:
+        try:
+            module = self._tracker.current
+            node.metadata[META_KEY] = (module, _user_frame_location() if self.source else "")
+            if hasattr(node, "variable"):
+                return
+            if self._capture_saved:
+                node.metadata[SAVED_KEY] = raw_saved(node)
+            if "nodes" not in self.record or len(self._slots) >= MAX_SLOTS:
+                return
+            slot = len(self._slots)
+            self._slots.append(None)
+            name = node.name()
+            self._slot_ops.append(name)
+            node.metadata[SLOT_KEY] = slot
+            self._node_handles.append(node.register_prehook(self._grad_hook(slot)))
+            if "activations" in self.record and name.startswith(_ACT_OPS):
+                result = getattr(node, "_saved_result", None)
+                if isinstance(result, torch.Tensor):
+                    self._node_acts[slot] = S.act_vector(result, S.saturation_kind(name))
+        except Exception as exc:  # noqa: BLE001 - a recorder must never break training
+            self._hook_failed(exc)
+
+    def _grad_hook(self, slot: int):
+        slots = self._slots
+
+        def hook(grad_outputs):
+            try:
+                vecs = [S.grad_vector(g) for g in grad_outputs if g is not None]
+                if vecs and slot < len(slots):
+                    slots[slot] = S.combine(vecs)
+            except Exception as exc:  # noqa: BLE001
+                self._hook_failed(exc)
+        return hook
+
+    def _on_module_output(self, name, module, output) -> None:
+        if not self._capturing or "activations" not in self.record or next(module.children(), None) is not None:
+            return
+        t = output[0] if isinstance(output, (tuple, list)) and output else output
+        if not isinstance(t, torch.Tensor) or not (t.is_floating_point() or t.is_complex()):
+            return
+        try:
+            vec = S.act_vector(t, S.saturation_kind(type(module).__name__))
+            prev = self._acts.get(name)
+            self._acts[name] = vec if prev is None else prev + vec
+        except Exception as exc:  # noqa: BLE001
+            self._hook_failed(exc)
+
+    def _before_opt_step(self, _opt, _args, _kwargs) -> None:
+        if self._capturing:
+            with torch.no_grad():
+                self._before = [p.detach().clone() for _, p in self._params]
+
+    def _after_opt_step(self, _opt, _args, _kwargs) -> None:
+        if self._before is None:
+            return
+        with torch.no_grad():
+            deltas = torch._foreach_sub([p.detach() for _, p in self._params], self._before)
+            self._update_norms = torch.stack(torch._foreach_norm(deltas)).double()
+        self._before = None
+
+    def _hook_failed(self, exc: Exception) -> None:
+        if not getattr(self, "_warned", False):
+            self._warned = True
+            warnings.warn(f"graphviz-autograd recorder hook failed and skipped a statistic: "
+                          f"{type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=2)
+
+    # -- the public step ----------------------------------------------------------
+    def log(self, step: int, loss=None, **scalars) -> None:
+        """Record step ``step``: ``loss`` and any other scalar metrics (numbers or 1-element tensors).
+
+        On recorded steps (every ``every``-th call) also writes the graph (when its
+        structure changed) and the statistics gathered since the forward pass.
+        """
+        if self._closed:
+            raise ConfigError(f"log({step}) on a closed Recorder ({self.run_dir}); create a new one")
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise ConfigError(f"step must be an int, got {describe(step)}")
+        if self._last_step is not None and step <= self._last_step:
+            raise ConfigError(f"step {step} is not after the last logged step {self._last_step}; "
+                              "log increasing step numbers (e.g. a global step counter)")
+        values = {"loss": loss} if loss is not None else {}
+        values.update(scalars)
+        row = {name: _scalar(name, v) for name, v in values.items()}
+        if self.optimizer is not None:
+            groups = self.optimizer.param_groups
+            for i, g in enumerate(groups):
+                if "lr" in g and f"lr/{i}" not in row:
+                    row["lr" if len(groups) == 1 else f"lr/{i}"] = float(g["lr"])
+        try:
+            version, stats = None, None
+            if self._capturing:
+                version, stats = self._collect(step, loss)
+            self._writer.add_step(step, wall_time=time.time(), graph_version=version,
+                                  scalars=row, stats=stats)
+        finally:
+            self._end_capture()
+            self._logged += 1
+            self._last_step = step
+
+    def _collect(self, step: int, loss):
+        root = loss if isinstance(loss, torch.Tensor) and loss.grad_fn is not None else self._output
+        slot_ids: dict[int, str] = {}
+        version = None
+        self._graph_changed = False
+        if root is not None:
+            def visit(fn, node_id):
+                meta = fn.metadata
+                slot = meta.get(SLOT_KEY) if meta else None
+                if slot is not None:
+                    slot_ids[slot] = node_id
+            try:
+                graph = trace(root, model=self.model, saved=self._capture_saved, _visit=visit)
+            except Exception as exc:  # noqa: BLE001 - e.g. an output without a graph
+                self._hook_failed(exc)
+                graph = None
+            if graph is not None:
+                fp = graph.fingerprint()
+                version = self._versions.get(fp)
+                if version is None:
+                    version = self._versions[fp] = self._writer.add_graph(
+                        graph.to_json(), fp, first_step=step, n_nodes=len(graph))
+                    self._graph_changed = True
+                self.graph = graph
+        return version, self._statistics(slot_ids)
+
+    def _statistics(self, slot_ids: dict[int, str]) -> dict:
+        blocks, owners = [], []
+        for slot, node_id in slot_ids.items():
+            vec = self._slots[slot]
+            if vec is not None:
+                blocks.append(vec), owners.append(("node", node_id))
+        params = [p for _, p in self._params] if "params" in self.record else []
+        if params:
+            blocks.extend(S.param_vectors(params))
+            owners.extend(("param", n) for n, _ in self._params)
+        flat = torch.stack(blocks).tolist() if blocks else []
+        out: dict[str, dict[str, dict]] = {"node": {}, "param": {}, "module": {}}
+        for (kind, key), vec in zip(owners, flat):
+            out[kind][key] = S.grad_stats(vec)
+        if params:
+            with torch.no_grad():
+                norms = torch.stack(torch._foreach_norm([p.detach() for p in params])).double().tolist()
+            updates = self._update_norms.tolist() if self._update_norms is not None else None
+            for i, (name, p) in enumerate(self._params):
+                row = out["param"][name]
+                if p.grad is None:
+                    row.update({k: None for k in S.GRAD_STATS})
+                row["param_norm"] = norms[i]
+                if updates is not None:
+                    row["update_ratio"] = updates[i] / norms[i] if norms[i] > 0 else math.nan
+        if self._node_acts:
+            acts = torch.stack(list(self._node_acts.values())).tolist()
+            for slot, vec in zip(self._node_acts, acts):
+                node_id = slot_ids.get(slot)
+                if node_id is not None:
+                    out["node"].setdefault(node_id, {}).update(_drop_none(S.act_stats(vec)))
+        if self._acts:
+            acts = torch.stack(list(self._acts.values())).tolist()
+            for name, vec in zip(self._acts, acts):
+                out["module"][name] = _drop_none(S.act_stats(vec))
+        return {kind: list(rows.items()) for kind, rows in out.items() if rows}
+
+    def _end_capture(self) -> None:
+        if self._capturing and self._capture_thread == threading.get_ident():
+            torch._C._autograd._pop_node_creation_hook()
+        elif self._capturing:
+            warnings.warn("Recorder: log() was called on another thread than the forward; "
+                          "the node creation hook stays on that thread until it exits",
+                          RuntimeWarning, stacklevel=3)
+        for h in self._node_handles:
+            h.remove()
+        self._reset_step()
+
+    _graph_changed = False
+
+    # -- closing ------------------------------------------------------------------
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        """Remove every hook and write what is buffered. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._end_capture()
+        finally:
+            self._remove_hooks()
+            _OPEN.pop(self.model, None)
+            self._writer.close()
+
+    def _remove_hooks(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._tracker.remove()
+
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Recorder({type(self.model).__name__} -> {self.run_dir}, rank {self.rank}/"
+                f"{self.world_size}, every={self.every}, record={sorted(self.record)})")
+
+
+def _finalize(writer: RunWriter) -> None:
+    try:
+        writer.close()
+    except Exception:  # noqa: BLE001 - at interpreter exit, best effort
+        pass
+
+
+def _drop_none(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def _scalar(name: str, value) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ConfigError(f"log(..., {name}=...) got a tensor of shape {tuple(value.shape)}; "
+                              f"log a scalar, e.g. {name}={name}.mean()")
+        return float(value.detach().item())
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    try:
+        import numpy as np
+        if isinstance(value, np.generic) and value.size == 1:
+            return float(value)
+    except ImportError:  # pragma: no cover
+        pass
+    raise ConfigError(f"log(..., {name}={describe(value)}): scalar metrics must be numbers or "
+                      "1-element tensors")
+
+
+def _rank_and_world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _run_meta(rec: Recorder, extra: dict | None) -> dict:
+    from . import __version__
+
+    model = rec.model.module if hasattr(rec.model, "module") and isinstance(rec.model.module, torch.nn.Module) \
+        else rec.model
+    meta = {"model": type(model).__name__, "parameters": sum(p.numel() for _, p in rec._params),
+            "every": rec.every, "record": sorted(rec.record), "torch": torch.__version__,
+            "graphviz_autograd": __version__,
+            "optimizer": type(rec.optimizer).__name__ if rec.optimizer is not None else None}
+    meta.update(extra or {})
+    return meta
