@@ -6,18 +6,39 @@ Example:
     >>> graph = ga.trace(net(torch.randn(3, 4)).sum(), model=net)
     >>> graph.node("param:weight").outputs[0].shape
     (2, 4)
+
+Names are imported lazily (PEP 562), so ``graphviz_autograd.store`` and
+``graphviz_autograd.model`` can be used (e.g. by the dashboard) without torch.
 """
-from .errors import GraphvizAutogradError
-from .export.serialize import load_graph
-from .instrumentation import instrument
-from .model import Edge, Graph, Node, NodeKind, SavedTensor, TensorMeta
-from .recorder import Recorder
-from .store import open_run
-from .tracer import trace
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Edge", "Graph", "GraphvizAutogradError", "Node", "NodeKind", "Recorder", "SavedTensor",
-    "TensorMeta", "instrument", "load_graph", "open_run", "trace",
-]
+_EXPORTS = {
+    "trace": ".tracer",
+    "instrument": ".instrumentation",
+    "Recorder": ".recorder",
+    "open_run": ".store",
+    "load_graph": ".export.serialize",
+    "diagnose": ".diagnose",
+    "Graph": ".model", "Node": ".model", "Edge": ".model", "NodeKind": ".model",
+    "TensorMeta": ".model", "SavedTensor": ".model",
+    "GraphvizAutogradError": ".errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'graphviz_autograd' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -82,15 +82,8 @@ def render(spec, input_shape, output, depth, show_saved, max_nodes, json_path, d
                f"{t_render:.1f} s -> {os.path.abspath(path)}")
 
 
-def _register_optional() -> None:
-    """Commands whose code lives in other modules (imported only when used)."""
-    from . import cli_commands  # noqa: F401  (registers train, dashboard, doctor, demo)
-
-
-try:
-    _register_optional()
-except ImportError:  # pragma: no cover - while the optional commands are being built
-    pass
+# The other commands live beside this file, one module per job; each adds itself to `main`.
+from . import cli_dashboard, cli_doctor, cli_train  # noqa: E402,F401
 
 
 if __name__ == "__main__":

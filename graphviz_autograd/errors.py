@@ -4,6 +4,8 @@ Every message says what is wrong, shows the bad value, and says how to fix it.
 """
 from __future__ import annotations
 
+import sys
+
 
 class GraphvizAutogradError(Exception):
     """Root of every error this package raises on purpose."""
@@ -55,14 +57,11 @@ class DiagnosisError(GraphvizAutogradError, RuntimeError):
 
 def describe(value: object, limit: int = 80) -> str:
     """Short, safe repr of a user value for error messages."""
-    try:
-        import torch  # noqa: PLC0415  (only if already importable)
-
-        if isinstance(value, torch.Tensor):
-            return (f"tensor(shape={tuple(value.shape)}, dtype={value.dtype}, "
-                    f"requires_grad={value.requires_grad}, grad_fn={type(value.grad_fn).__name__ if value.grad_fn else None})")
-    except ImportError:  # pragma: no cover
-        pass
+    torch = sys.modules.get("torch")   # never import torch just to describe a value
+    if torch is not None and isinstance(value, torch.Tensor):
+        return (f"tensor(shape={tuple(value.shape)}, dtype={value.dtype}, "
+                f"requires_grad={value.requires_grad}, "
+                f"grad_fn={type(value.grad_fn).__name__ if value.grad_fn else None})")
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -1,0 +1,34 @@
+"""``graphviz-autograd doctor MODEL_SPEC --input-shape ...``: diagnose gradient flow."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .cli import main
+
+
+@main.command()
+@click.argument("spec")
+@click.option("--input-shape", "input_shape", required=True, metavar="N,C,H,W",
+              help="Shape of a random input batch, e.g. 1,1,28,28.")
+@click.option("--classes", type=int, default=None,
+              help="Use cross-entropy against random labels in [0, CLASSES) as the loss "
+                   "(default: mean of squared outputs).")
+@click.option("--svg", default=None, help="Write the graph with the findings marked to this file.")
+def doctor(spec, input_shape, classes, svg):
+    """Run SPEC once forward and backward and report why gradients would not flow.
+
+    Exit code 1 when a finding of severity "error" is reported.
+    """
+    import torch
+
+    from .doctor import run_doctor
+    from .modelspec import load_model_spec, parse_shape
+
+    shape = parse_shape(input_shape)
+    model = load_model_spec(spec)
+    inputs = torch.randn(shape)
+    target = torch.randint(0, classes, (shape[0],)) if classes else None
+    diagnosis = run_doctor(model, inputs, target=target, svg=svg)
+    sys.exit(0 if diagnosis.ok else 1)
