@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, NamedTuple
 
 SCHEMA_VERSION = 1
 
@@ -34,8 +34,7 @@ class NodeKind(str, enum.Enum):
     SAVED = "saved"      # a tensor saved for backward (only with show_saved)
 
 
-@dataclass(frozen=True)
-class TensorMeta:
+class TensorMeta(NamedTuple):
     """Shape, dtype and device of a tensor, as plain data."""
 
     shape: tuple[int, ...]
@@ -54,8 +53,7 @@ class TensorMeta:
         return "(" + ", ".join(str(d) for d in self.shape) + ")"
 
 
-@dataclass(frozen=True)
-class SavedTensor:
+class SavedTensor(NamedTuple):
     """A tensor autograd saved for backward.
 
     ``storage`` is an opaque key equal for tensors sharing one storage; bytes
@@ -70,9 +68,12 @@ class SavedTensor:
     freed: bool = False
 
 
-@dataclass(frozen=True)
-class Node:
-    """One node of the graph. See ``docs``/README for the id scheme."""
+class Node(NamedTuple):
+    """One node of the graph; :mod:`graphviz_autograd.ids` documents the id scheme.
+
+    Nodes and edges are named tuples: immutable, hashable, and cheap to build
+    (tracing makes one per autograd node).
+    """
 
     id: str
     kind: NodeKind
@@ -92,8 +93,7 @@ class Node:
         return self.op
 
 
-@dataclass(frozen=True)
-class Edge:
+class Edge(NamedTuple):
     """Data flows ``src`` (its forward output ``output_nr``) -> ``dst`` (input ``input_nr``)."""
 
     src: str

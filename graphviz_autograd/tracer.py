@@ -108,8 +108,21 @@ def _dtype_name(dtype) -> str:
     return name
 
 
+_META: dict[tuple, TensorMeta] = {}
+
+
 def _meta_of(shape, dtype, device) -> TensorMeta:
-    return TensorMeta(tuple(int(d) for d in shape), _dtype_name(dtype), str(device))
+    """Interned :class:`TensorMeta` (the same few shapes recur all over a graph)."""
+    try:
+        key = (tuple(shape), dtype, device)
+        meta = _META.get(key)
+    except TypeError:            # symbolic shapes are not hashable
+        meta, key = None, None
+    if meta is None:
+        meta = TensorMeta(tuple(int(d) for d in shape), _dtype_name(dtype), str(device))
+        if key is not None and len(_META) < 100_000:
+            _META[key] = meta
+    return meta
 
 
 def _saved_attrs(fn) -> tuple[str, ...]:
@@ -186,17 +199,20 @@ class _Walker:
         saved: list[tuple] = [()] * n
         attrs: list[tuple] = [()] * n
         read_tags = _instrument.ACTIVE_EVER
+        saved_on = self.saved
+        param_names = self.param_names
+        OP = NodeKind.OP
         for i, fn in enumerate(fns):
-            outputs.append(tuple(_meta_of(m.shape, m.dtype, m.device) for m in fn._input_metadata))
-            if hasattr(fn, "variable"):        # AccumulateGrad
-                var = fn.variable
-                pname = self.param_names.get(id(var), "")
+            outputs.append(tuple([_meta_of(m.shape, m.dtype, m.device) for m in fn._input_metadata]))
+            var = getattr(fn, "variable", None)
+            if var is not None:        # AccumulateGrad
+                pname = param_names.get(id(var), "")
                 kinds.append(NodeKind.PARAM if pname else NodeKind.LEAF)
                 ops.append("AccumulateGrad")
                 params.append(pname)
                 seqs.append(-1)
                 continue
-            kinds.append(NodeKind.OP)
+            kinds.append(OP)
             ops.append(fn.name().rpartition("::")[2])
             params.append("")
             seqs.append(fn._sequence_nr())
@@ -204,9 +220,9 @@ class _Walker:
                 tag = _instrument.node_tag(fn)
                 if tag is not None:
                     modules[i], sources[i] = tag
-            if self.saved:
+            if saved_on:
                 saved[i], attrs[i] = self._saved_of(fn)
-        _attribute_modules(kinds, params, modules, raw_edges)
+        _attribute_modules(kinds, params, modules, seqs, raw_edges)
         node_ids = self._ids(kinds, ops, params, modules, seqs)
         seq_rank = {i: r for r, i in enumerate(sorted((i for i in range(n) if seqs[i] >= 0),
                                                       key=lambda i: (seqs[i], i)))}
@@ -304,35 +320,30 @@ def _saved_tensor(name: str, t: torch.Tensor) -> tuple:
     return (name, meta, int(nbytes), ptr or id(t), False)
 
 
-def _attribute_modules(kinds, params, modules, raw_edges) -> None:
+def _attribute_modules(kinds, params, modules, seqs, raw_edges) -> None:
     """Give ops without an instrumentation tag the module of the parameter they consume.
 
     A unary chain on one parameter (``t()``, ``view``, ``expand`` of a weight) takes
     that parameter's module; an op consuming parameters (or such chains) of one
-    module takes that module.
+    module takes that module. One pass in creation order: inputs come first.
     """
-    if all(modules[i] for i, k in enumerate(kinds) if k is NodeKind.OP):
+    OP, PARAM = NodeKind.OP, NodeKind.PARAM
+    if all(modules[i] for i, k in enumerate(kinds) if k is OP):
         return
     inputs: dict[int, list[int]] = {}
     for s, d, _o, _k in raw_edges:
         inputs.setdefault(d, []).append(s)
-    owner: dict[int, str] = {i: p.rpartition(".")[0] for i, p in enumerate(params)
-                             if kinds[i] is NodeKind.PARAM}
-    changed = True
-    while changed:          # param-only chains (t, view, expand) are short
-        changed = False
-        for d, srcs in inputs.items():
-            if d in owner or kinds[d] is not NodeKind.OP:
-                continue
-            if len(srcs) == 1 and srcs[0] in owner:
-                owner[d] = owner[srcs[0]]
-                changed = True
-    for d, srcs in inputs.items():
-        if kinds[d] is NodeKind.OP and not modules[d]:
-            mods = {owner[s] for s in srcs if s in owner and owner[s]}
-            if d in owner and owner[d]:
+    owner: dict[int, str] = {i: p.rpartition(".")[0] for i, p in enumerate(params) if kinds[i] is PARAM}
+    for d in sorted((d for d in inputs if kinds[d] is OP), key=seqs.__getitem__):
+        srcs = inputs[d]
+        if len(srcs) == 1 and srcs[0] in owner:
+            owner[d] = owner[srcs[0]]
+            if not modules[d]:
                 modules[d] = owner[d]
-            elif len(mods) == 1:
+            continue
+        if not modules[d]:
+            mods = {owner[s] for s in srcs if s in owner and owner[s]}
+            if len(mods) == 1:
                 modules[d] = mods.pop()
 
 
