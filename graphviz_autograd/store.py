@@ -118,6 +118,20 @@ class _Closing:
         self.close()
 
 
+def _meta_rows(meta: dict[str, Any], rank: int, world_size: int) -> list[tuple[str, str]]:
+    """The meta table rows: our keys plus the caller's, values as JSON text."""
+    clash = sorted(set(meta) & set(_RESERVED_META))
+    if clash:
+        raise StoreError(f"meta keys {clash} are reserved ({', '.join(_RESERVED_META)}); rename them")
+    info = {"schema_version": STORE_SCHEMA_VERSION, "format": STORE_FORMAT, "rank": rank,
+            "world_size": world_size, "created": time.time(), **meta}
+    try:
+        return [(str(key), json.dumps(value)) for key, value in info.items()]
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"run meta must be JSON-serializable: {exc}. Fix: convert values to "
+                         f"str, numbers, lists or dicts") from exc
+
+
 def _check_store(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
     """Validate an open store and return its meta; raise a clear error if it is not ours."""
     try:
@@ -165,13 +179,14 @@ class RunWriter(_Closing):
         self.run_dir = Path(run_dir)
         self.rank, self.world_size, self.flush_interval = rank, world_size, flush_interval
         self.path = self.run_dir / store_filename(rank)
+        meta_rows = _meta_rows(meta or {}, rank, world_size)  # before anything is deleted
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create run directory {self.run_dir}: {exc}. Fix: pass a run_dir "
                              f"in a writable location (its parents must be directories)") from exc
         self._clear_existing(overwrite)
-        self._create(meta or {})
+        self._create(meta_rows)
         try:
             self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_S,
                                          check_same_thread=False)
@@ -205,18 +220,8 @@ class RunWriter(_Closing):
         except OSError as exc:
             raise StoreError(f"cannot remove old run store {self.path}: {exc}") from exc
 
-    def _create(self, meta: dict[str, Any]) -> None:
+    def _create(self, meta_rows: list[tuple[str, str]]) -> None:
         """Build the schema in a temporary file and move it in, so readers never see half of it."""
-        clash = sorted(set(meta) & set(_RESERVED_META))
-        if clash:
-            raise StoreError(f"meta keys {clash} are reserved ({', '.join(_RESERVED_META)}); rename them")
-        info = {"schema_version": STORE_SCHEMA_VERSION, "format": STORE_FORMAT, "rank": self.rank,
-                "world_size": self.world_size, "created": time.time(), **meta}
-        try:
-            rows = [(key, json.dumps(value)) for key, value in info.items()]
-        except (TypeError, ValueError) as exc:
-            raise StoreError(f"run meta must be JSON-serializable: {exc}. Fix: convert values to "
-                             f"str, numbers, lists or dicts") from exc
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             _remove_store_files(tmp)
@@ -224,7 +229,7 @@ class RunWriter(_Closing):
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={STORE_SCHEMA_VERSION};")
-                conn.executemany("INSERT INTO meta VALUES (?, ?)", rows)
+                conn.executemany("INSERT INTO meta VALUES (?, ?)", meta_rows)
                 conn.execute("COMMIT")
             finally:
                 conn.close()
@@ -288,10 +293,6 @@ class RunWriter(_Closing):
         """Append one ``(key_id, step, *STATS)`` row per entry to ``out`` (the hot path)."""
         key_ids = self._key_ids
         for name, values in entries:
-            key_id = key_ids.get((kind, name))
-            if key_id is None:
-                key_id = key_ids[(kind, name)] = len(key_ids) + 1
-                self._keys.append((key_id, kind, name))
             if not values.keys() <= _STAT_SET:
                 raise StoreError(f"unknown stat names {sorted(set(values) - _STAT_SET)} for {kind} "
                                  f"{name!r}; valid stats: {', '.join(STATS)}")
@@ -307,6 +308,10 @@ class RunWriter(_Closing):
                 except (TypeError, ValueError) as exc:
                     raise StoreError(f"step {step}, {kind} {name!r}: stat values must be numbers "
                                      f"or None ({exc})") from exc
+            key_id = key_ids.get((kind, name))
+            if key_id is None:
+                key_id = key_ids[(kind, name)] = len(key_ids) + 1
+                self._keys.append((key_id, kind, name))
             out.append((key_id, step, *row))
 
     def flush(self) -> None:
@@ -342,7 +347,6 @@ class RunWriter(_Closing):
             self.flush()
             self._conn.close()
             self._closed = True
-
 
 
 class RankReader(_Closing):
@@ -578,16 +582,16 @@ def _scan_ranks(run_dir: Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-_DELEGATED = ("steps", "latest_step", "scalar_names", "series", "loss", "graph_versions",
-              "version_at", "graph_json", "graph", "graph_at", "keys", "has_key", "node_series",
-              "param_series", "module_series", "stats_at", "matrix")
+_DELEGATED = frozenset({"steps", "latest_step", "scalar_names", "series", "loss", "graph_versions",
+                        "version_at", "graph_json", "graph", "graph_at", "keys", "has_key",
+                        "node_series", "param_series", "module_series", "stats_at", "matrix"})
 
 
 class Run(_Closing):
     """A run directory (or a single store file) holding one store per rank.
 
-    Every :class:`RankReader` query method is also available here and reads
-    the lowest rank. Use :meth:`rank` for the others.
+    Every :class:`RankReader` query method (``run.loss()``, ``run.matrix(...)``,
+    ...) also works here and reads the lowest rank; :meth:`rank` gives the others.
     """
 
     def __init__(self, path: Path, single: RankReader | None = None) -> None:
@@ -625,18 +629,14 @@ class Run(_Closing):
         for reader in self._readers.values():
             reader.close()
 
+    def __getattr__(self, name: str) -> Any:
+        """The RankReader query methods (steps, series, matrix, ...), on the lowest rank."""
+        if name in _DELEGATED:
+            return getattr(self._primary, name)
+        raise AttributeError(f"'Run' object has no attribute {name!r}")
 
-def _delegate(name: str):
-    def method(self: Run, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self._primary, name)(*args, **kwargs)
-
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = f"Same as :meth:`RankReader.{name}`, on the lowest rank."
-    return method
-
-
-for _name in _DELEGATED:
-    setattr(Run, _name, _delegate(_name))
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | _DELEGATED)
 
 
 def open_run(path: str | os.PathLike) -> Run:

@@ -1,0 +1,99 @@
+"""pytest plugin of graphviz-autograd (registered through the ``pytest11`` entry point).
+
+Options (group "graphviz-autograd"):
+
+* ``--gva-artifacts DIR``: when a ``graphviz_autograd.testing`` assertion fails,
+  write the offending subgraph (SVG) and the full graph (JSON) to DIR and name
+  the files in the failure message.
+* ``--gva-update-golden``: ``assert_graph_matches`` writes golden files instead
+  of comparing (same as ``GVA_UPDATE_GOLDEN=1``).
+
+Fixtures: ``gva_artifacts`` (the artifacts directory for this test) and
+``gradient_tracker`` (a factory: ``tracker = gradient_tracker(model)`` records
+every gradient the model's parameters get during the test).
+
+This module is imported in every pytest run of anyone who installed the
+package, so it imports neither torch nor the rest of the package at load time.
+
+Example (a test file):
+    def test_all_layers_learn(gradient_tracker):
+        net = make_net()
+        tracker = gradient_tracker(net)
+        net(x).sum().backward()
+        tracker.assert_all_received()
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# Read by graphviz_autograd.testing (through sys.modules, so that module need not be
+# imported here). Set in pytest_configure, restored in pytest_unconfigure.
+SETTINGS: dict = {}
+_SAVED: list[dict] = []
+
+
+def pytest_addoption(parser) -> None:
+    group = parser.getgroup("graphviz-autograd", "graphviz-autograd gradient checks")
+    group.addoption("--gva-artifacts", metavar="DIR", default=None,
+                    help="write the graph (SVG subgraph + JSON) of each failing gradient "
+                         "assertion to DIR and name the files in the failure message")
+    group.addoption("--gva-update-golden", action="store_true", default=False,
+                    help="assert_graph_matches writes golden graph files instead of "
+                         "comparing (also: GVA_UPDATE_GOLDEN=1)")
+
+
+def pytest_configure(config) -> None:
+    global SETTINGS
+    _SAVED.append(SETTINGS)
+    artifacts = config.getoption("gva_artifacts", None)
+    if artifacts:
+        artifacts = str(Path(artifacts).expanduser().resolve())
+    SETTINGS = {"artifacts": artifacts,
+                "update_golden": bool(config.getoption("gva_update_golden", False))}
+
+
+def pytest_unconfigure(config) -> None:
+    global SETTINGS
+    SETTINGS = _SAVED.pop() if _SAVED else {}
+
+
+def pytest_report_header(config) -> list[str]:
+    parts = []
+    if SETTINGS.get("artifacts"):
+        parts.append(f"artifacts -> {SETTINGS['artifacts']}")
+    if SETTINGS.get("update_golden"):
+        parts.append("updating golden graphs")
+    return [f"graphviz-autograd: {', '.join(parts)}"] if parts else []
+
+
+@pytest.fixture
+def gva_artifacts(tmp_path) -> Path:
+    """The ``--gva-artifacts`` directory, or a fresh per-test directory without it."""
+    configured = SETTINGS.get("artifacts")
+    path = Path(configured) if configured else tmp_path / "gva-artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def gradient_tracker():
+    """Factory: ``gradient_tracker(model)`` -> a started ``GradientTracker``.
+
+    Every tracker made in the test has its hooks removed at teardown.
+    """
+    from graphviz_autograd.testing import GradientTracker
+
+    trackers = []
+
+    def make(model):
+        tracker = GradientTracker(model).start()
+        trackers.append(tracker)
+        return tracker
+
+    try:
+        yield make
+    finally:
+        for tracker in trackers:
+            tracker.close()
