@@ -10,8 +10,8 @@ from .cli import main
 
 @main.command()
 @click.argument("spec")
-@click.option("--input-shape", "input_shape", required=True, metavar="N,C,H,W",
-              help="Shape of a random input batch, e.g. 1,1,28,28.")
+@click.option("--input-shape", "input_shape", required=True, multiple=True, metavar="N,C,H,W",
+              help="Shape of a random input batch, e.g. 1,1,28,28 (repeat for several inputs).")
 @click.option("--classes", type=int, default=None,
               help="Use cross-entropy against random labels in [0, CLASSES) as the loss "
                    "(default: mean of squared outputs).")
@@ -23,12 +23,12 @@ def doctor(spec, input_shape, classes, svg):
     """
     import torch
 
-    from .doctor import run_doctor
-    from .modelspec import load_model_spec, parse_shape
+    from .doctor import exit_code, run_doctor
+    from .modelspec import load_model_spec, make_inputs, parse_shape
 
-    shape = parse_shape(input_shape)
+    shapes = [parse_shape(s) for s in input_shape]
     model = load_model_spec(spec)
-    inputs = torch.randn(shape)
-    target = torch.randint(0, classes, (shape[0],)) if classes else None
+    inputs = make_inputs(shapes)
+    target = torch.randint(0, classes, (shapes[0][0],)) if classes else None
     diagnosis = run_doctor(model, inputs, target=target, svg=svg)
-    sys.exit(0 if diagnosis.ok else 1)
+    sys.exit(exit_code(diagnosis))

@@ -199,6 +199,7 @@ class _Walker:
         saved: list[tuple] = [()] * n
         attrs: list[tuple] = [()] * n
         read_tags = _instrument.ACTIVE_EVER
+        tagged = [False] * n
         saved_on = self.saved
         param_names = self.param_names
         OP = NodeKind.OP
@@ -220,9 +221,10 @@ class _Walker:
                 tag = _instrument.node_tag(fn)
                 if tag is not None:
                     modules[i], sources[i] = tag
+                    tagged[i] = True
             if saved_on:
                 saved[i], attrs[i] = self._saved_of(fn)
-        _attribute_modules(kinds, params, modules, seqs, raw_edges)
+        _attribute_modules(kinds, params, modules, seqs, raw_edges, tagged)
         node_ids = self._ids(kinds, ops, params, modules, seqs)
         seq_rank = {i: r for r, i in enumerate(sorted((i for i in range(n) if seqs[i] >= 0),
                                                       key=lambda i: (seqs[i], i)))}
@@ -320,15 +322,16 @@ def _saved_tensor(name: str, t: torch.Tensor) -> tuple:
     return (name, meta, int(nbytes), ptr or id(t), False)
 
 
-def _attribute_modules(kinds, params, modules, seqs, raw_edges) -> None:
+def _attribute_modules(kinds, params, modules, seqs, raw_edges, tagged) -> None:
     """Give ops without an instrumentation tag the module of the parameter they consume.
 
     A unary chain on one parameter (``t()``, ``view``, ``expand`` of a weight) takes
     that parameter's module; an op consuming parameters (or such chains) of one
     module takes that module. One pass in creation order: inputs come first.
+    Nodes tagged by instrumentation keep their tag ("" is the root module).
     """
     OP, PARAM = NodeKind.OP, NodeKind.PARAM
-    if all(modules[i] for i, k in enumerate(kinds) if k is OP):
+    if all(modules[i] or tagged[i] for i, k in enumerate(kinds) if k is OP):
         return
     inputs: dict[int, list[int]] = {}
     for s, d, _o, _k in raw_edges:
@@ -338,10 +341,10 @@ def _attribute_modules(kinds, params, modules, seqs, raw_edges) -> None:
         srcs = inputs[d]
         if len(srcs) == 1 and srcs[0] in owner:
             owner[d] = owner[srcs[0]]
-            if not modules[d]:
+            if not modules[d] and not tagged[d]:
                 modules[d] = owner[d]
             continue
-        if not modules[d]:
+        if not modules[d] and not tagged[d]:
             mods = {owner[s] for s in srcs if s in owner and owner[s]}
             if len(mods) == 1:
                 modules[d] = mods.pop()
