@@ -161,3 +161,18 @@ def test_shared_parameter_is_drawn_beside_each_user():
     graph = ga.trace(h.sum(), model=cell)
     text = graph.to_dot()
     assert text.count('label="weight_hh') >= 5
+
+
+def test_dense_connections_use_reference_notes_and_render(tmp_path):
+    tv = pytest.importorskip("torchvision")
+    net = tv.models.densenet121(num_classes=10)
+    with ga.instrument(net):
+        out = net(torch.randn(2, 3, 32, 32)).sum()
+    graph = ga.trace(out, model=net)
+    text = graph.to_dot(max_nodes=None)
+    refs = [line for line in text.splitlines() if 'shape="note"' in line]
+    assert len(refs) > 100
+    edges = [line for line in text.splitlines() if " -> " in line and "legend" not in line]
+    assert len(edges) == len(graph.edges)          # every edge drawn, directly or from a note
+    svg = graph.render(tmp_path / "densenet.svg", max_nodes=None)
+    assert ET.parse(svg).getroot() is not None

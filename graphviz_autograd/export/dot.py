@@ -76,7 +76,7 @@ def _tooltip(n: Node) -> str:
 
 def to_dot(graph: Graph, *, depth: int | None = None, show_shapes: bool = True,
            legend: bool = True, clusters: bool = True, split_params: int | None = 3,
-           max_nodes: int | None = DEFAULT_MAX_NODES, highlight=(), colors=None,
+           split_fanout: int | None = 4, max_nodes: int | None = DEFAULT_MAX_NODES, highlight=(), colors=None,
            title: str = "") -> str:
     """DOT source for ``graph``.
 
@@ -88,6 +88,10 @@ def to_dot(graph: Graph, *, depth: int | None = None, show_shapes: bool = True,
         split_params: a parameter used by at least this many ops is drawn once
             beside each user instead of with edges across the graph (None: never).
             This is what keeps unrolled RNNs fast to lay out.
+        split_fanout: a tensor used by at least this many ops keeps its edge to
+            the first user; later users get a small reference node naming it
+            (dense connections, as in DenseNet, otherwise make dot's layout
+            superlinear). None: draw every edge.
         max_nodes: above this, fold modules automatically to fit; if nothing
             fits, raise :class:`RenderError` (dot takes minutes past ~2,000 nodes).
         highlight: node ids drawn with a red border (e.g. a diagnosis).
@@ -105,12 +109,13 @@ def to_dot(graph: Graph, *, depth: int | None = None, show_shapes: bool = True,
                 "(graph.subgraph(ids)), trace with model= so modules can fold, or pass "
                 "max_nodes=None to wait for it anyway.")
         graph = collapse(graph, fit)
-    return _DotWriter(graph, show_shapes, clusters, split_params, set(highlight),
+    return _DotWriter(graph, show_shapes, clusters, split_params, split_fanout, set(highlight),
                       colors or {}, title).write(legend)
 
 
 class _DotWriter:
-    def __init__(self, graph, show_shapes, clusters, split_params, highlight, colors, title):
+    def __init__(self, graph, show_shapes, clusters, split_params, split_fanout, highlight, colors,
+                 title):
         self.g = graph
         self.show_shapes = show_shapes
         self.clusters = clusters
@@ -120,6 +125,7 @@ class _DotWriter:
         uses = Counter(e.src for e in graph.edges)
         self.split = {n.id for n in graph.nodes if n.kind is NodeKind.PARAM and split_params
                       and uses[n.id] >= split_params}
+        self.refs = self._fanout_refs(split_fanout, uses)
         self.out: list[str] = []
 
     def write(self, legend: bool) -> str:
@@ -140,6 +146,30 @@ class _DotWriter:
             self._legend()
         o.append("}")
         return "\n".join(o) + "\n"
+
+    def _fanout_refs(self, split_fanout, uses) -> set[tuple[str, str, int]]:
+        """Edges ``(src, dst, input_nr)`` drawn through a reference node instead."""
+        if not split_fanout:
+            return set()
+        heavy = {src for src, k in uses.items() if k >= split_fanout and src not in self.split}
+        if not heavy:
+            return set()
+        seq = {n.id: n.seq for n in self.g.nodes}
+        first: dict[str, tuple[int, str]] = {}
+        for e in self.g.edges:
+            if e.src in heavy:
+                key = (seq.get(e.dst, -1) if seq.get(e.dst, -1) >= 0 else 1 << 60, e.dst)
+                if e.src not in first or key < first[e.src]:
+                    first[e.src] = key
+        return {(e.src, e.dst, e.input_nr) for e in self.g.edges
+                if e.src in heavy and e.dst != first[e.src][1]}
+
+    def _ref_line(self, e, ref_id: str) -> str:
+        src = self.g.node(e.src)
+        where = src.module or src.id
+        return (f"{q(ref_id)} [label={_lines('= ' + node_label(src, False)[0], where)}, shape=\"note\", "
+                f"style=\"dashed\", fontsize=\"8\", color=\"#999999\", "
+                f"tooltip={q('same tensor as ' + e.src)}, id={q('ref:' + ref_id)}]")
 
     def _node_line(self, n: Node, node_id: str, indent: str) -> str:
         fill, border, shape, style, _ = KIND_STYLE[n.kind]
@@ -169,6 +199,10 @@ class _DotWriter:
                 n, user = self.g.node(e.src), self.g.node(e.dst)
                 mod = user.module if self.clusters else ""
                 tree.setdefault(mod, []).append(self._node_line(n, f"{e.src}@{e.dst}/{e.input_nr}", ""))
+        for e in self.g.edges:          # reference notes for far users of a shared tensor
+            if (e.src, e.dst, e.input_nr) in self.refs:
+                mod = self.g.node(e.dst).module if self.clusters else ""
+                tree.setdefault(mod, []).append(self._ref_line(e, f"{e.src}@{e.dst}/{e.input_nr}"))
         for mod in sorted(tree, key=lambda m: (m.count("."), m)):   # make parents exist
             parts = mod.split(".") if mod else []
             for i in range(1, len(parts)):
@@ -189,7 +223,8 @@ class _DotWriter:
 
     def _edges(self) -> None:
         for e in self.g.edges:
-            src = f"{e.src}@{e.dst}/{e.input_nr}" if e.src in self.split else e.src
+            far = e.src in self.split or (e.src, e.dst, e.input_nr) in self.refs
+            src = f"{e.src}@{e.dst}/{e.input_nr}" if far else e.src
             attrs = []
             if self.show_shapes and e.meta is not None and e.input_nr >= 0:
                 attrs.append(f"label={q(' ' + e.meta.short())}")
