@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The offline MNIST test split beside the repository (CI has it there too).
+MNIST_SHARED := $(abspath ../shared/data/MNIST)
+ifneq ($(wildcard $(MNIST_SHARED)/raw),)
+export GVA_MNIST_DIR ?= $(MNIST_SHARED)
+endif
 
 .PHONY: setup system-deps demo test test-all fuzz stress bench clean
 
@@ -33,9 +38,9 @@ fuzz: setup
 stress: setup
 	GVA_STRESS=1 $(PY) -m pytest -q -m stress
 
-bench: setup
+bench: setup system-deps
 	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
-	$(PY) benchmarks/run_all.py
+	cd benchmarks && ../$(PY) run_all.py
 
 clean:
 	rm -rf $(VENV) out runs .pytest_cache

@@ -1,0 +1,20 @@
+"""Each benchmark script runs on a tiny case, so the scripts do not rot (CI never times them)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+@pytest.mark.parametrize("script,args,expect", [
+    ("bench_trace.py", ["--smoke"], "ours / bare walk"),
+    ("bench_render.py", ["--smoke"], "torchviz + dot"),
+    ("bench_recorder.py", ["--steps", "2", "--rounds", "1"], "default (every=10)"),
+    ("bench_store.py", ["--keys", "20", "--write-steps", "50", "--read-keys", "2", "--read-steps", "500"], "rows/s"),
+])
+def test_benchmark_script_smoke(script, args, expect):
+    proc = subprocess.run([sys.executable, script, *args], cwd=BENCH, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert expect in proc.stdout
