@@ -247,6 +247,11 @@ class _DotWriter:
             if prev:
                 o.append(f'    {q(prev)} -> {q(lid)} [style="invis"]')
             prev = lid
+        if any(n.op == "module" for n in self.g.nodes):
+            o.append(f'    "legend:module" [label="module, folded (depth=)", shape=box, style="rounded,filled", '
+                     f'fillcolor={q(MODULE_FILL)}, color={q(MODULE_BORDER)}, fontsize="8"]')
+            if prev:
+                o.append(f'    {q(prev)} -> "legend:module" [style="invis"]')
         o.append("  }")
 
 
@@ -255,6 +260,10 @@ def find_dot() -> tuple[str, str]:
     """``(path, flavour)`` of the Graphviz binary: system ``dot`` first, then graphviz-pure."""
     override = os.environ.get("GVA_DOT")
     if override:
+        if not (os.path.isfile(override) and os.access(override, os.X_OK)):
+            raise RenderError(f"GVA_DOT={override!r} is not an executable file. Fix: point GVA_DOT "
+                              "at Graphviz's `dot` (e.g. /usr/bin/dot) or the graphviz-pure "
+                              "binary, or unset it to search PATH")
         return override, ("graphviz-pure" if "graphviz-pure" in os.path.basename(override) else "dot")
     path = shutil.which("dot")
     if path:
@@ -278,6 +287,10 @@ def run_dot(source: str, fmt: str, timeout: float | None = 300) -> bytes:
     except subprocess.TimeoutExpired:
         raise RenderError(f"{binary} did not finish laying out the graph in {timeout} s; "
                           "fold modules (depth=1) or render a subgraph") from None
+    except OSError as exc:
+        raise RenderError(f"cannot run Graphviz {binary!r}: {exc}. Fix: install it "
+                          "(`apt-get install graphviz` or `pip install graphviz-pure`) or set "
+                          "GVA_DOT to a working binary") from exc
     if proc.returncode != 0:
         raise RenderError(f"{binary} -T{fmt} failed (exit {proc.returncode}): "
                           f"{proc.stderr.decode(errors='replace').strip()[:500]}")
@@ -304,9 +317,13 @@ def render(graph: Graph, path, *, timeout: float | None = 300, **options) -> str
     source = to_dot(graph, **options)
     data = source.encode() if fmt in ("dot", "gv") else run_dot(source, fmt, timeout)
     parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as exc:
+        raise RenderError(f"cannot write {path!r}: {exc.strerror or exc}. Fix: choose a path in a "
+                          "writable directory (every parent must be a directory)") from exc
     return path
 
 
