@@ -21,6 +21,15 @@ class _Group(click.Group):
             sys.exit(2)
 
 
+class UserCodeError(click.ClickException):
+    """The user's model failed while we ran it: one ``error:`` line, exit code 2, no traceback."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {' '.join(self.format_message().split())}", err=True)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="graphviz-autograd")
 def main() -> None:
@@ -37,12 +46,13 @@ def _input_option(f):
 @_input_option
 @click.option("-o", "--output", default=None, help="Image path; the suffix (.svg .png .pdf .dot) picks the format.")
 @click.option("--depth", type=int, default=None, help="Fold modules deeper than this into one node.")
+@click.option("--focus", default=None, metavar="MODULE", help="Draw only this module (and its neighbours).")
 @click.option("--show-saved", is_flag=True, help="Draw tensors saved for backward.")
 @click.option("--max-nodes", type=int, default=2000, show_default=True,
               help="Fold modules automatically above this many nodes (0: never).")
 @click.option("--json", "json_path", default=None, help="Also write the graph as JSON here.")
 @click.option("--dtype", default="float32", show_default=True, help="Input dtype.")
-def render(spec, input_shape, output, depth, show_saved, max_nodes, json_path, dtype):
+def render(spec, input_shape, output, depth, focus, show_saved, max_nodes, json_path, dtype):
     """Trace SPEC (module:callable or file.py:Class) on a random input and render its graph.
 
     Example: graphviz-autograd render torchvision.models:resnet18 --input-shape 1,3,224,224 -o resnet18.svg
@@ -56,24 +66,28 @@ def render(spec, input_shape, output, depth, show_saved, max_nodes, json_path, d
     shape = parse_shape(input_shape)
     model = load_model_spec(spec)
     torch_dtype = getattr(torch, dtype, None)
-    if not isinstance(torch_dtype, torch.dtype):
-        raise click.BadParameter(f"{dtype!r} is not a torch dtype (try float32, float64)",
-                                 param_hint="--dtype")
+    if not isinstance(torch_dtype, torch.dtype) or not (torch_dtype.is_floating_point
+                                                        or torch_dtype.is_complex):
+        raise click.BadParameter(f"{dtype!r} is not a floating-point torch dtype (try float32, "
+                                 "float64)", param_hint="--dtype")
     x = torch.randn(shape, dtype=torch_dtype)
     t0 = time.perf_counter()
     try:
         with instrument(model):
             out = model(x)
-    except RuntimeError as exc:
-        raise click.ClickException(
-            f"the forward pass of {spec} on an input of shape {shape} failed: {exc}\n"
+    except Exception as exc:  # noqa: BLE001 - any error raised by the user's forward
+        if isinstance(exc, GraphvizAutogradError):
+            raise
+        raise UserCodeError(
+            f"the forward pass of {spec} on an input of shape {shape} failed: "
+            f"{'' if isinstance(exc, RuntimeError) else type(exc).__name__ + ': '}{exc}. "
             f"Check --input-shape, or run `graphviz-autograd doctor {spec} --input-shape "
             f"{input_shape}` for an explanation.") from None
     graph = trace(out, model=model, show_saved=show_saved)
     t_trace = time.perf_counter() - t0
     output = output or f"{spec.rpartition(':')[2]}.svg"
     t0 = time.perf_counter()
-    path = graph.render(output, depth=depth, max_nodes=max_nodes or None)
+    path = graph.render(output, depth=depth, focus=focus, max_nodes=max_nodes or None)
     t_render = time.perf_counter() - t0
     if json_path:
         with open(json_path, "w", encoding="utf-8") as f:

@@ -176,3 +176,17 @@ def test_dense_connections_use_reference_notes_and_render(tmp_path):
     assert len(edges) == len(graph.edges)          # every edge drawn, directly or from a note
     svg = graph.render(tmp_path / "densenet.svg", max_nodes=None)
     assert ET.parse(svg).getroot() is not None
+
+
+def test_focus_draws_one_module_in_full_detail():
+    tv = pytest.importorskip("torchvision")
+    net = tv.models.resnet18(num_classes=10)
+    with ga.instrument(net):
+        out = net(torch.randn(2, 3, 32, 32)).sum()
+    graph = ga.trace(out, model=net)
+    text = graph.to_dot(focus="layer3.1")
+    assert '"layer3.1.conv1/ConvolutionBackward0:0"' in text and '"param:layer3.1.conv2.weight"' in text
+    assert "layer1.0/" not in text and "layer4.1/" not in text
+    assert "layer3.0/" in text or "layer4.0/" in text          # one hop of context
+    with pytest.raises(FormatError, match="layer9"):
+        graph.to_dot(focus="layer9")

@@ -82,3 +82,24 @@ def depth_to_fit(graph: Graph, max_nodes: int) -> int | None:
         if len(collapse(graph, depth)) <= max_nodes:
             return depth
     return None
+
+
+def focus(graph: Graph, module: str, context: int = 1) -> Graph:
+    """Only the nodes of ``module`` (and its submodules) plus ``context`` hops around them.
+
+    This is the "full detail of any part" of a graph too big to draw whole.
+    """
+    inside = {n.id for n in graph.nodes
+              if (_node_module(n) == module or _node_module(n).startswith(module + "."))}
+    if not inside:
+        from ..errors import FormatError
+        known = sorted({_node_module(n).split(".")[0] for n in graph.nodes if _node_module(n)})[:15]
+        raise FormatError(f"focus={module!r}: no node belongs to that module; top-level modules "
+                          f"in this graph: {', '.join(known) or '(none: trace with model= or instrument)'}")
+    keep = set(inside)
+    frontier = set(inside)
+    for _ in range(context):
+        step = {e.dst for e in graph.edges if e.src in frontier} | {e.src for e in graph.edges if e.dst in frontier}
+        frontier = step - keep
+        keep |= step
+    return graph.subgraph(keep)

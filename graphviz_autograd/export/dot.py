@@ -20,6 +20,7 @@ from collections import Counter
 from ..errors import FormatError, RenderError
 from ..model import Graph, Node, NodeKind
 from .collapse import collapse, depth_to_fit
+from .collapse import focus as focus_module
 from .style import CLUSTER_BORDER, FONT, KIND_STYLE, MODULE_BORDER, MODULE_FILL, human_bytes
 
 FORMATS = ("svg", "png", "pdf", "dot", "gv")
@@ -76,8 +77,8 @@ def _tooltip(n: Node) -> str:
 
 def to_dot(graph: Graph, *, depth: int | None = None, show_shapes: bool = True,
            legend: bool = True, clusters: bool = True, split_params: int | None = 3,
-           split_fanout: int | None = 4, max_nodes: int | None = DEFAULT_MAX_NODES, highlight=(), colors=None,
-           title: str = "") -> str:
+           split_fanout: int | None = 4, max_nodes: int | None = DEFAULT_MAX_NODES, highlight=(),
+           colors=None, title: str = "", focus: str | None = None) -> str:
     """DOT source for ``graph``.
 
     Args:
@@ -97,7 +98,11 @@ def to_dot(graph: Graph, *, depth: int | None = None, show_shapes: bool = True,
         highlight: node ids drawn with a red border (e.g. a diagnosis).
         colors: ``{node_id: "#rrggbb"}`` fill colours (e.g. gradient norms).
         title: a caption above the graph.
+        focus: draw only this module (e.g. ``"layer3.1"``) and the nodes next to
+            it: full detail of one part of a graph too big to draw whole.
     """
+    if focus is not None:
+        graph = focus_module(graph, focus)
     if depth is not None:
         graph = collapse(graph, depth)
     if max_nodes is not None and len(graph) > max_nodes:
@@ -106,7 +111,7 @@ def to_dot(graph: Graph, *, depth: int | None = None, show_shapes: bool = True,
             raise RenderError(
                 f"the graph has {len(graph):,} nodes and folding modules does not bring it under "
                 f"max_nodes={max_nodes:,}; dot takes minutes at this size. Render a part "
-                "(graph.subgraph(ids)), trace with model= so modules can fold, or pass "
+                "(focus='<module>' or graph.subgraph(ids)), trace with model= so modules can fold, or pass "
                 "max_nodes=None to wait for it anyway.")
         graph = collapse(graph, fit)
     return _DotWriter(graph, show_shapes, clusters, split_params, split_fanout, set(highlight),

@@ -84,6 +84,16 @@ def from_dict(data: dict[str, Any]) -> Graph:
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(f"malformed graph JSON: {exc!r}; the text was not written by "
                           "Graph.to_json() or was damaged") from None
+    known: set[str] = set()
+    for n in nodes:
+        if n.id in known:
+            raise FormatError(f"malformed graph JSON: duplicate node id {n.id!r}; the text was "
+                              "not written by Graph.to_json() or was damaged")
+        known.add(n.id)
+    for ref in (*(x for e in edges for x in (e.src, e.dst)), *roots):
+        if ref not in known:
+            raise FormatError(f"malformed graph JSON: an edge or root names unknown node {ref!r}; "
+                              "the text was not written by Graph.to_json() or was damaged")
     return Graph(nodes=nodes, edges=edges, roots=roots)
 
 
