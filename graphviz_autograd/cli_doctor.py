@@ -5,7 +5,8 @@ import sys
 
 import click
 
-from .cli import main
+from .cli import UserCodeError, main
+from .errors import GraphvizAutogradError
 
 
 @main.command()
@@ -30,5 +31,12 @@ def doctor(spec, input_shape, classes, svg):
     model = load_model_spec(spec)
     inputs = make_inputs(shapes)
     target = torch.randint(0, classes, (shapes[0][0],)) if classes else None
-    diagnosis = run_doctor(model, inputs, target=target, svg=svg)
+    try:
+        diagnosis = run_doctor(model, inputs, target=target, svg=svg)
+    except GraphvizAutogradError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an error raised by the user's model, not a finding
+        raise UserCodeError(f"running {spec} on inputs of shape {', '.join(map(str, shapes))} "
+                            f"failed with {type(exc).__name__}: {exc}. Fix the model, or check "
+                            "--input-shape") from None
     sys.exit(exit_code(diagnosis))

@@ -21,6 +21,7 @@ import torch
 from .errors import HookError
 
 META_KEY = "graphviz_autograd"
+CALL_KEY = "graphviz_autograd.call"      # which call of its module created the node (1, 2, ...)
 # The tracer reads node tags only once some instrument() block has run.
 ACTIVE_EVER = False
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -55,11 +56,18 @@ class ModuleTracker:
         self.model = model
         self.on_output = on_output
         self.stack: list[str] = []
+        self.call_stack: list[int] = []
+        self.calls: dict[str, int] = {}
         self._handles: list = []
 
     @property
     def current(self) -> str:
         return self.stack[-1] if self.stack else ""
+
+    @property
+    def current_call(self) -> int:
+        """1 for the first forward call of the current module, 2 for the next, ...; 0 outside."""
+        return self.call_stack[-1] if self.call_stack else 0
 
     def install(self) -> "ModuleTracker":
         try:
@@ -74,12 +82,15 @@ class ModuleTracker:
     def _pre(self, name: str):
         def hook(_module, _args):
             self.stack.append(name)
+            n = self.calls[name] = self.calls.get(name, 0) + 1
+            self.call_stack.append(n)
         return hook
 
     def _post(self, name: str):
         def hook(module, _args, output):
             if self.stack:
                 self.stack.pop()
+                self.call_stack.pop()
             if self.on_output is not None:
                 self.on_output(name, module, output)
         return hook
@@ -89,6 +100,7 @@ class ModuleTracker:
             h.remove()
         self._handles.clear()
         self.stack.clear()
+        self.call_stack.clear()
 
 
 class Instrumentation:
@@ -104,7 +116,9 @@ class Instrumentation:
         self.nodes_seen += 1
         module = self.tracker.current
         where = _user_frame_location() if self.source else ""
-        node.metadata[META_KEY] = (module, where)
+        meta = node.metadata
+        meta[META_KEY] = (module, where)
+        meta[CALL_KEY] = self.tracker.current_call
         if self.on_node is not None:
             self.on_node(node, module)
 

@@ -134,7 +134,7 @@ class Graph:
         try:
             return self.nodes[self._index[node_id]]
         except KeyError:
-            close = [n.id for n in self.nodes if node_id.split(":")[-1] in n.id][:5]
+            close = [n.id for n in self.nodes if str(node_id).split(":")[-1] in n.id][:5]
             hint = f"; similar ids: {close}" if close else ""
             raise KeyError(f"no node with id {node_id!r} in this graph{hint}") from None
 

@@ -27,7 +27,7 @@ import torch
 from . import stats as S
 from .errors import ConfigError, HookError, describe
 from . import instrumentation
-from .instrumentation import META_KEY, ModuleTracker, _user_frame_location
+from .instrumentation import CALL_KEY, META_KEY, ModuleTracker, _user_frame_location
 from .store import RunWriter
 from .tracer import SAVED_KEY, raw_saved, trace
 
@@ -67,10 +67,17 @@ class Recorder:
                               "call ga.Recorder(model, 'runs/name', optimizer=opt)")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError(f"every={every!r} must be a positive integer (1 records every step)")
-        record = (record,) if isinstance(record, str) else tuple(record)
+        try:
+            record = (record,) if isinstance(record, str) else tuple(record)
+        except TypeError:
+            raise ConfigError(f"record={record!r}: choose any of {WHAT}") from None
         bad = [r for r in record if r not in WHAT]
         if bad or not record:
             raise ConfigError(f"record={record!r}: choose any of {WHAT}")
+        if (isinstance(flush_interval, bool) or not isinstance(flush_interval, (int, float))
+                or not flush_interval >= 0):
+            raise ConfigError(f"flush_interval={flush_interval!r} must be a number of seconds >= 0 "
+                              "(0 writes every step)")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise ConfigError(f"optimizer= must be a torch.optim.Optimizer, got {describe(optimizer)}")
         if model in _OPEN:
@@ -142,7 +149,9 @@ class Recorder:
     def _on_node(self, node) -> None:
         try:
             module = self._tracker.current
-            node.metadata[META_KEY] = (module, _user_frame_location() if self.source else "")
+            meta = node.metadata
+            meta[META_KEY] = (module, _user_frame_location() if self.source else "")
+            meta[CALL_KEY] = self._tracker.current_call
             if hasattr(node, "variable"):
                 return
             if self._capture_saved:
@@ -263,7 +272,12 @@ class Recorder:
                         graph.to_json(), fp, first_step=step, n_nodes=len(graph))
                     self._graph_changed = True
                 self.graph = graph
-        return version, self._statistics(slot_ids)
+        try:
+            stats = self._statistics(slot_ids)
+        except Exception as exc:  # noqa: BLE001 - e.g. a meta-device model: no data to read back
+            self._hook_failed(exc)
+            stats = None
+        return version, stats
 
     def _statistics(self, slot_ids: dict[int, str]) -> dict:
         blocks, owners = [], []
@@ -364,7 +378,14 @@ def _scalar(name: str, value) -> float:
         if value.numel() != 1:
             raise ConfigError(f"log(..., {name}=...) got a tensor of shape {tuple(value.shape)}; "
                               f"log a scalar, e.g. {name}={name}.mean()")
-        return float(value.detach().item())
+        if value.is_complex():
+            raise ConfigError(f"log(..., {name}=...) got a complex tensor; log a real scalar, "
+                              f"e.g. {name}={name}.abs()")
+        try:
+            return float(value.detach().item())
+        except RuntimeError as exc:   # e.g. a meta tensor holds no value
+            raise ConfigError(f"log(..., {name}=...) cannot read the value of "
+                              f"{describe(value)}: {exc}; log a number") from exc
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     try:

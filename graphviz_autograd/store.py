@@ -235,6 +235,8 @@ class RunWriter(_Closing):
                 conn.close()
             os.replace(tmp, self.path)
         except (sqlite3.Error, OSError) as exc:
+            with suppress(OSError):
+                _remove_store_files(tmp)   # do not leave a half-built file on a full disk
             raise StoreError(f"cannot create run store {self.path}: {exc}. Fix: make sure "
                              f"{self.run_dir} is writable and the disk has free space") from exc
 

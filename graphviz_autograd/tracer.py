@@ -217,13 +217,18 @@ class _Walker:
             ops.append(fn.name().rpartition("::")[2])
             params.append("")
             seqs.append(fn._sequence_nr())
+            call = None
             if read_tags:
-                tag = _instrument.node_tag(fn)
+                meta = fn.metadata
+                tag = meta.get(_instrument.META_KEY) if meta else None
                 if tag is not None:
                     modules[i], sources[i] = tag
                     tagged[i] = True
+                    call = meta.get(_instrument.CALL_KEY)
             if saved_on:
                 saved[i], attrs[i] = self._saved_of(fn)
+            if call:
+                attrs[i] += (("call", str(call)),)
         _attribute_modules(kinds, params, modules, seqs, raw_edges, tagged)
         node_ids = self._ids(kinds, ops, params, modules, seqs)
         seq_rank = {i: r for r, i in enumerate(sorted((i for i in range(n) if seqs[i] >= 0),

@@ -190,3 +190,19 @@ def test_focus_draws_one_module_in_full_detail():
     assert "layer3.0." in text and "layer4.0." in text          # one hop of context
     with pytest.raises(FormatError, match="layer9"):
         graph.to_dot(focus="layer9")
+
+
+def test_unrolled_rnn_overview_folds_repeated_calls(tmp_path):
+    cell = nn.LSTMCell(8, 16)
+    x, h, c = torch.randn(1, 8), torch.zeros(1, 16), torch.zeros(1, 16)
+    with ga.instrument(cell):
+        for _ in range(700):
+            h, c = cell(x, (h, c))
+        loss = h.sum()
+    graph = ga.trace(loss, model=cell)
+    assert len(graph) > 10_000
+    assert {dict(n.attrs).get("call") for n in graph.by_kind("op")} >= {"1", "700"}
+    text = graph.to_dot()                           # over max_nodes: folds by itself
+    assert '"repeat:#1-700"' in text and "x700 calls" in text
+    root = ET.parse(graph.render(tmp_path / "lstm.svg")).getroot()
+    assert root is not None

@@ -103,3 +103,62 @@ def focus(graph: Graph, module: str, context: int = 1) -> Graph:
         frontier = step - keep
         keep |= step
     return graph.subgraph(keep)
+
+
+def fold_repeats(graph: Graph, min_calls: int = 3) -> Graph:
+    """Fold repeated forward calls of one module (an unrolled RNN cell, a shared block).
+
+    Needs a graph traced under :func:`~graphviz_autograd.instrument` (or recorded),
+    whose op nodes carry the ``call`` attribute. Consecutive calls of a module
+    called at least ``min_calls`` times that built the same ops fold into one
+    node ``repeat:<module>#<first>-<last>`` labelled with the count.
+    """
+    calls: dict[str, dict[int, list[Node]]] = {}
+    for n in graph.nodes:
+        if n.kind is NodeKind.OP and n.attrs:
+            c = dict(n.attrs).get("call")
+            if c is not None:
+                calls.setdefault(n.module, {}).setdefault(int(c), []).append(n)
+    target: dict[str, str] = {}
+    folded: dict[str, tuple[str, int, int, list[Node]]] = {}
+    for module, by_call in calls.items():
+        if len(by_call) < min_calls:
+            continue
+        run: list[int] = []
+        prev_sig = None
+        for c in sorted(by_call) + [None]:
+            sig = None if c is None else tuple(sorted(m.op for m in by_call[c]))
+            if run and (sig != prev_sig or c is None):
+                if len(run) >= 2:
+                    gid = f"repeat:{module}#{run[0]}-{run[-1]}"
+                    members = [m for k in run for m in by_call[k]]
+                    folded[gid] = (module, run[0], run[-1], members)
+                    for m in members:
+                        target[m.id] = gid
+                run = []
+            if c is not None:
+                run.append(c)
+                prev_sig = sig
+    if not folded:
+        return graph
+    nodes: list[Node] = []
+    emitted: set[str] = set()
+    for n in graph.nodes:
+        gid = target.get(n.id)
+        if gid is None:
+            nodes.append(n)
+        elif gid not in emitted:
+            emitted.add(gid)
+            module, first, last, members = folded[gid]
+            per_call = len(members) // (last - first + 1)
+            nodes.append(Node(id=gid, kind=NodeKind.OP, op="module", module=module or "(model)",
+                              outputs=_last_outputs(members), seq=min(m.seq for m in members),
+                              attrs=(("nodes", str(len(members))), ("params", "0"),
+                                     ("ops", f"x{last - first + 1} calls ({first}-{last}), "
+                                             f"{per_call} ops each"))))
+    edges: dict[tuple[str, str], Edge] = {}
+    for e in graph.edges:
+        src, dst = target.get(e.src, e.src), target.get(e.dst, e.dst)
+        if src != dst:
+            edges.setdefault((src, dst), Edge(src, dst, e.output_nr, e.input_nr, e.meta))
+    return Graph(nodes=tuple(nodes), edges=tuple(edges.values()), roots=graph.roots)

@@ -19,7 +19,7 @@ from collections import Counter
 
 from ..errors import FormatError, RenderError
 from ..model import Graph, Node, NodeKind
-from .collapse import collapse, depth_to_fit
+from .collapse import collapse, depth_to_fit, fold_repeats
 from .collapse import focus as focus_module
 from .style import CLUSTER_BORDER, FONT, KIND_STYLE, MODULE_BORDER, MODULE_FILL, human_bytes
 
@@ -93,8 +93,9 @@ def to_dot(graph: Graph, *, depth: int | None = None, show_shapes: bool = True,
             the first user; later users get a small reference node naming it
             (dense connections, as in DenseNet, otherwise make dot's layout
             superlinear). None: draw every edge.
-        max_nodes: above this, fold modules automatically to fit; if nothing
-            fits, raise :class:`RenderError` (dot takes minutes past ~2,000 nodes).
+        max_nodes: above this, fold repeated calls of a module (unrolled RNNs), then
+            modules, automatically to fit; if nothing fits, raise
+            :class:`RenderError` (dot takes minutes past ~2,000 nodes).
         highlight: node ids drawn with a red border (e.g. a diagnosis).
         colors: ``{node_id: "#rrggbb"}`` fill colours (e.g. gradient norms).
         title: a caption above the graph.
@@ -105,6 +106,8 @@ def to_dot(graph: Graph, *, depth: int | None = None, show_shapes: bool = True,
         graph = focus_module(graph, focus)
     if depth is not None:
         graph = collapse(graph, depth)
+    if max_nodes is not None and len(graph) > max_nodes:
+        graph = fold_repeats(graph)
     if max_nodes is not None and len(graph) > max_nodes:
         fit = depth_to_fit(graph, max_nodes)
         if fit is None:
@@ -253,7 +256,7 @@ class _DotWriter:
                 o.append(f'    {q(prev)} -> {q(lid)} [style="invis"]')
             prev = lid
         if any(n.op == "module" for n in self.g.nodes):
-            o.append(f'    "legend:module" [label="module, folded (depth=)", shape=box, style="rounded,filled", '
+            o.append(f'    "legend:module" [label="module or repeated calls, folded", shape=box, style="rounded,filled", '
                      f'fillcolor={q(MODULE_FILL)}, color={q(MODULE_BORDER)}, fontsize="8"]')
             if prev:
                 o.append(f'    {q(prev)} -> "legend:module" [style="invis"]')
