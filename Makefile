@@ -27,7 +27,7 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 demo: setup system-deps
-	$(PY) -m graphviz_autograd.cli demo
+	$(VENV)/bin/graphviz-autograd demo
 
 test: setup system-deps
 	$(PY) -m pytest -q

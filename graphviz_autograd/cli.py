@@ -100,5 +100,7 @@ def render(spec, input_shape, output, depth, focus, show_saved, max_nodes, json_
 from . import cli_dashboard, cli_doctor, cli_train  # noqa: E402,F401
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":        # `python -m graphviz_autograd.cli`: use the registered group
+    from graphviz_autograd.cli import main as _main
+
+    _main()

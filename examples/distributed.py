@@ -1,0 +1,106 @@
+"""LeNet-5 on MNIST with DistributedDataParallel on CPU (gloo), every rank recorded.
+
+Start it with torchrun; each process trains on its shard of the data
+(``DistributedSampler``), DDP averages the gradients, and each rank's
+:class:`graphviz_autograd.Recorder` writes ``rank-<r>.gva.sqlite`` into the same
+run directory (the recorder reads rank and world size from
+``torch.distributed``). The dashboard shows the ranks side by side; a rank whose
+gradients or loss drift from the others stands out. Rank 0 prints, evaluates
+and renders the graph.
+
+Run::
+
+    python -m torch.distributed.run --nproc_per_node=2 examples/distributed.py --steps 10 --run-dir runs/ddp
+    python -m torch.distributed.run --nproc_per_node=2 --standalone examples/distributed.py --epochs 1
+
+Started without torchrun it runs as a single process (world size 1).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+
+if __package__ in (None, ""):  # run as a script: make `examples` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data.distributed import DistributedSampler
+
+import graphviz_autograd as ga
+from examples import _common as C
+from examples.models import LeNet5
+from graphviz_autograd.data import load_mnist
+
+NAME = "ddp"
+
+
+def _init() -> tuple[int, int, bool]:
+    """Join the process group torchrun described, or make a one-process group."""
+    started_here = not dist.is_initialized()
+    if started_here:
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+            dist.init_process_group("gloo")
+        else:
+            print("not started by torchrun: running as one process (world size 1). For 2 ranks: "
+                  "python -m torch.distributed.run --nproc_per_node=2 examples/distributed.py")
+            store = os.path.join(tempfile.mkdtemp(prefix="gva-ddp-"), "store")
+            dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    return dist.get_rank(), dist.get_world_size(), started_here
+
+
+def run(epochs: int = 1, steps: int | None = None, run_dir: str = f"runs/{NAME}",
+        data_dir: str | None = None, every: int = 10, *, seed: int = 0, progress: bool = True) -> dict:
+    """Train on this rank; returns this rank's result (``rank``, ``world_size``, ``losses`` ...)."""
+    rank, world, started_here = _init()
+    t0 = time.perf_counter()
+    say = print if rank == 0 else (lambda *_a, **_k: None)
+    if world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    try:
+        data = load_mnist(data_dir, log=say)
+        say(f"data: {data.source}")
+        torch.manual_seed(seed)
+        model = DDP(LeNet5())
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        loader = torch.utils.data.DataLoader(data.train, batch_size=64, sampler=sampler)
+        files: list[str] = []
+        on_graph = (lambda g: files.extend(C.render(g, run_dir, "graph", title="LeNet-5 (DDP)"))) \
+            if rank == 0 else None
+        with ga.Recorder(model, run_dir, optimizer=optimizer, every=every, overwrite=True,
+                         meta={"example": NAME, "data": data.source}) as rec:
+            say(f"{world} rank(s), gloo backend; recording every rank to {rec.run_dir} "
+                f"(statistics every {every} steps)")
+            result = C.fit(model, optimizer, loader, loss_fn=C.cross_entropy, recorder=rec,
+                           epochs=epochs, steps=steps, progress=progress and rank == 0, echo=say,
+                           sampler=sampler, on_graph=on_graph)
+            accuracy = C.evaluate(model.module, data.test) if rank == 0 else None
+            if accuracy is not None:
+                rec.log(result["steps"], test_accuracy=accuracy)
+        dist.barrier()
+        if rank == 0:
+            say(f"test accuracy (rank 0): {accuracy:.1%} on {len(data.test):,} images")
+            for f in files:
+                say(f"wrote {f}")
+            say(f"done: {result['steps']} steps per rank in {time.perf_counter() - t0:.1f} s; "
+                f"run in {run_dir} (ranks 0-{world - 1})")
+        return {**result, "rank": rank, "world_size": world, "test_accuracy": accuracy,
+                "run_dir": run_dir, "files": files}
+    finally:
+        if started_here:
+            dist.destroy_process_group()
+
+
+def main(argv=None) -> dict:
+    """Command line entry point; see the module docstring."""
+    args = C.parser(__doc__, run_dir=f"runs/{NAME}", epochs=1, every=10, progress=True).parse_args(argv)
+    return run(args.epochs, args.steps, args.run_dir, args.data_dir, args.every,
+               progress=not args.quiet)
+
+
+if __name__ == "__main__":
+    main()

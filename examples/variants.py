@@ -1,0 +1,173 @@
+"""LeNet variants: BatchNorm + Dropout, a softmax output, and L1/L2 regularization done right.
+
+* ``bn_dropout``: :class:`~examples.models.LeNet5BN`. Dropout is active in
+  ``train()`` only and BatchNorm uses batch statistics in ``train()``, running
+  statistics in ``eval()``: call ``model.eval()`` before testing.
+* ``softmax_nll``: :class:`~examples.models.LeNet5Softmax` outputs probabilities
+  and is trained with ``NLLLoss`` on their log. It works, but
+  ``CrossEntropyLoss`` on the logits is preferred: ``log(softmax(z))`` underflows
+  to ``log(0) = -inf`` once a probability is below ~1e-45 (float32), giving an
+  infinite loss and NaN gradients, while ``cross_entropy`` (= ``log_softmax`` +
+  ``nll_loss``) uses the log-sum-exp trick and stays finite; it is also one
+  fused op instead of three. This example shows both on logits ``[0, 120]``.
+* ``l1`` / ``l2``: the penalty is part of the loss,
+  ``loss = ce + l1_lambda * sum(p.abs().sum() for p in params)`` or
+  ``+ l2_lambda * sum(p.pow(2).sum() for p in params)``, so it appears in the
+  graph: ``AbsBackward0`` / ``PowBackward0`` -> ``SumBackward0`` feeding the
+  ``AddBackward0`` of the loss (see ``runs/variants/l2/graph.svg``).
+* ``weight_decay``: ``SGD(..., weight_decay=5e-4)`` adds ``5e-4 * w`` to every
+  gradient, which is L2 with ``l2_lambda = 2.5e-4``; it happens in the optimizer,
+  so the graph has no penalty branch. (With Adam prefer ``AdamW``: Adam's
+  ``weight_decay`` is scaled by its adaptive step.)
+
+The seed says ``nn.L1Loss`` and ``nn.MSELoss`` implement L1 and L2
+regularization. They do not: they are losses between a prediction and a target
+(mean ``|y - t|`` and mean ``(y - t)^2``), used for regression. Regularization
+penalizes the weights, as above.
+
+Run::
+
+    python examples/variants.py --steps 100
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: make `examples` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch
+import torch.nn.functional as F
+
+import graphviz_autograd as ga
+from examples import _common as C
+from examples.models import LeNet5, LeNet5BN, LeNet5Softmax
+from graphviz_autograd.data import load_mnist
+from graphviz_autograd.errors import ConfigError
+
+NAME = "variants"
+L1_LAMBDA = 1e-5
+L2_LAMBDA = 1e-4
+WEIGHT_DECAY = 5e-4
+
+
+def l1_penalty(model: torch.nn.Module) -> torch.Tensor:
+    """``sum |w|`` over all parameters: part of the loss, so it is in the graph."""
+    return sum(p.abs().sum() for p in model.parameters())
+
+
+def l2_penalty(model: torch.nn.Module) -> torch.Tensor:
+    """``sum w^2`` over all parameters."""
+    return sum(p.pow(2).sum() for p in model.parameters())
+
+
+def _penalized(penalty, lam):
+    def loss_fn(model, out, y):
+        ce = F.cross_entropy(out, y)
+        pen = penalty(model)
+        return ce + lam * pen, {"cross_entropy": ce, "penalty": pen}
+    return loss_fn
+
+
+def _nll_of_softmax(_model, probs, y):
+    return F.nll_loss(torch.log(probs), y)
+
+
+# name: (model class, loss_fn, weight_decay)
+VARIANTS = {
+    "bn_dropout": (LeNet5BN, C.cross_entropy, 0.0),
+    "softmax_nll": (LeNet5Softmax, _nll_of_softmax, 0.0),
+    "l1": (LeNet5, _penalized(l1_penalty, L1_LAMBDA), 0.0),
+    "l2": (LeNet5, _penalized(l2_penalty, L2_LAMBDA), 0.0),
+    "weight_decay": (LeNet5, C.cross_entropy, WEIGHT_DECAY),
+}
+
+
+def softmax_vs_logits(echo=print) -> dict:
+    """``NLLLoss(log(softmax(z)))`` against ``CrossEntropyLoss(z)`` on extreme logits."""
+    z1 = torch.tensor([[0.0, 120.0]], requires_grad=True)
+    z2 = z1.detach().clone().requires_grad_()
+    y = torch.tensor([0])
+    naive = F.nll_loss(torch.log(F.softmax(z1, dim=1)), y)
+    naive.backward()
+    stable = F.cross_entropy(z2, y)
+    stable.backward()
+    echo(f"logits [0, 120], target 0: NLLLoss(log(softmax)) = {naive.item()} (grad {z1.grad.tolist()[0]}); "
+         f"CrossEntropyLoss = {stable.item():.1f} (grad {[round(g, 3) for g in z2.grad.tolist()[0]]})")
+    return {"naive": naive.item(), "stable": stable.item()}
+
+
+def dropout_and_bn_modes(echo=print) -> dict:
+    """Two forward passes differ in ``train()`` (Dropout) and agree in ``eval()``."""
+    torch.manual_seed(0)
+    net, x = LeNet5BN(), torch.randn(8, 1, 28, 28)
+    differ_train = not torch.equal(net(x), net(x))
+    net.eval()
+    with torch.no_grad():
+        same_eval = torch.equal(net(x), net(x))
+    echo(f"LeNet5BN: two forwards in train() differ: {differ_train}; in eval() equal: {same_eval}")
+    return {"differ_train": differ_train, "same_eval": same_eval}
+
+
+def run(steps: int = 100, run_dir: str = f"runs/{NAME}", data_dir: str | None = None, every: int = 10,
+        *, only=None, seed: int = 0, progress: bool = True, echo=print, data=None) -> dict:
+    """Train each variant for ``steps`` steps, recorded into ``run_dir/<variant>``.
+
+    Args:
+        only: names of the variants to run (default: all of :data:`VARIANTS`).
+
+    Returns:
+        dict ``{"variants": {name: {"graph", "loss", "test_accuracy", "files", "run_dir"}},
+        "softmax": ..., "modes": ...}``.
+    """
+    names = list(only or VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    modes = dropout_and_bn_modes(echo)
+    softmax = softmax_vs_logits(echo)
+    data = data or load_mnist(data_dir)
+    echo(f"data: {data.source}")
+    results = {}
+    for name in names:
+        cls, loss_fn, wd = VARIANTS[name]
+        torch.manual_seed(seed)
+        model = cls()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=wd)
+        path = os.path.join(run_dir, name)
+        files: list[str] = []
+        with ga.Recorder(model, path, optimizer=optimizer, every=every, overwrite=True,
+                         meta={"example": NAME, "variant": name}) as rec:
+            out = C.fit(model, optimizer, C.loader(data.train, 64, seed), loss_fn=loss_fn, recorder=rec,
+                        steps=steps, epochs=10**6, progress=progress, echo=lambda _line: None,
+                        desc=f"{name} ",
+                        on_graph=lambda g, p=path, n=name: files.extend(C.render(g, p, "graph", title=n)))
+            graph = rec.graph
+        acc = C.evaluate(model, data.test)
+        results[name] = {"graph": graph, "loss": C.mean(out["losses"], first=False),
+                         "first_loss": C.mean(out["losses"], first=True),
+                         "test_accuracy": acc, "files": files, "run_dir": path}
+    echo(f"\n{'variant':<14} {'loss (first 10 -> last 10 steps)':>34} {'test acc':>9} {'graph nodes':>12}  penalty ops")
+    for name, r in results.items():
+        ops = sorted({n.op for n in r["graph"].nodes if n.op.startswith(("AbsBackward", "PowBackward"))}) \
+            if r["graph"] else []
+        nodes = len(r["graph"]) if r["graph"] else 0
+        echo(f"{name:<14} {r['first_loss']:>22.3f} -> {r['loss']:.3f}      {r['test_accuracy']:>8.1%} {nodes:>12}  "
+             f"{', '.join(ops) or '-'}")
+    echo(f"\n{steps} steps each; runs and graphs in {run_dir}/<variant>/ (graph.svg, graph.png)")
+    return {"variants": results, "softmax": softmax, "modes": modes}
+
+
+def main(argv=None) -> dict:
+    """Command line entry point; see the module docstring."""
+    p = C.parser(__doc__, run_dir=f"runs/{NAME}", every=10, progress=True)
+    p.add_argument("--steps", type=C.positive_int, default=100, help="steps per variant (default: 100)")
+    p.add_argument("--only", nargs="+", choices=list(VARIANTS), help="run only these variants")
+    args = p.parse_args(argv)
+    return run(args.steps, args.run_dir, args.data_dir, args.every, only=args.only,
+               progress=not args.quiet)
+
+
+if __name__ == "__main__":
+    main()
