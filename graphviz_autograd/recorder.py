@@ -86,7 +86,10 @@ class Recorder:
         self.model, self.optimizer, self.every, self.record = model, optimizer, every, set(record)
         self.source = source
         rank, world = _rank_and_world()
-        self._params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        # Under DistributedDataParallel name things after the wrapped model, so a
+        # 2-rank run and a single-process run share ids (conv1.weight, not module.conv1.weight).
+        self._named = _unwrap(model)
+        self._params = [(n, p) for n, p in self._named.named_parameters() if p.requires_grad]
         self._writer = RunWriter(run_dir, rank=rank, world_size=world, overwrite=overwrite,
                                  flush_interval=flush_interval, meta=_run_meta(self, meta))
         self.run_dir = str(self._writer.run_dir)
@@ -98,7 +101,7 @@ class Recorder:
         self.graph = None
         self._reset_step()
         self._handles: list = []
-        self._tracker = ModuleTracker(model, on_output=self._on_module_output)
+        self._tracker = ModuleTracker(self._named, on_output=self._on_module_output)
         instrumentation.ACTIVE_EVER = True
         try:
             self._tracker.install()
@@ -260,7 +263,7 @@ class Recorder:
                 if slot is not None:
                     slot_ids[slot] = node_id
             try:
-                graph = trace(root, model=self.model, saved=self._capture_saved, _visit=visit)
+                graph = trace(root, model=self._named, saved=self._capture_saved, _visit=visit)
             except Exception as exc:  # noqa: BLE001 - e.g. an output without a graph
                 self._hook_failed(exc)
                 graph = None
@@ -398,6 +401,12 @@ def _scalar(name: str, value) -> float:
                       "1-element tensors")
 
 
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper."""
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model
+
+
 def _rank_and_world() -> tuple[int, int]:
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
@@ -408,8 +417,7 @@ def _rank_and_world() -> tuple[int, int]:
 def _run_meta(rec: Recorder, extra: dict | None) -> dict:
     from . import __version__
 
-    model = rec.model.module if hasattr(rec.model, "module") and isinstance(rec.model.module, torch.nn.Module) \
-        else rec.model
+    model = rec._named
     meta = {"model": type(model).__name__, "parameters": sum(p.numel() for _, p in rec._params),
             "every": rec.every, "record": sorted(rec.record), "torch": torch.__version__,
             "graphviz_autograd": __version__,

@@ -228,6 +228,9 @@ def test_distributed_two_ranks_record_into_one_run(tmp_path):
         for r in (0, 1):
             assert run.rank(r).loss().steps == [0, 1, 2, 3]
             assert run.rank(r).meta["rank"] == r
+            # DDP's `module.` prefix is stripped: ids match a single-process run
+            assert "conv1.weight" in run.rank(r).keys("param")
+            assert "param:conv1.weight" in run.rank(r).graph()
     assert os.path.isfile(tmp_path / "ddp" / "graph.svg")
 
 
