@@ -125,7 +125,7 @@ def _meta_of(shape, dtype, device) -> TensorMeta:
     return meta
 
 
-def _saved_attrs(fn) -> tuple[str, ...]:
+def saved_attrs(fn) -> tuple[str, ...]:
     cls = type(fn)
     attrs = _SAVED_ATTRS.get(cls)
     if attrs is None:
@@ -295,7 +295,7 @@ def raw_saved(fn):
     plus non-tensor saved values as ``(name, text)`` attrs. Holds no tensor."""
     tensors: list[tuple] = []
     attrs: list[tuple[str, str]] = []
-    names = _saved_attrs(fn)
+    names = saved_attrs(fn)
     if not names and hasattr(fn, "saved_tensors"):   # custom autograd.Function
         names = ("saved_tensors",)
     for attr in names:

@@ -42,7 +42,7 @@ def test_json_round_trip_is_lossless():
     again = ga.load_graph(graph.to_json())
     assert again == graph
     assert again.fingerprint() == graph.fingerprint()
-    assert again.node("fc1/AddmmBackward0:0").source.startswith("nets.py:")
+    assert again.node("fc1/AddmmBackward0:0").source.startswith("models.py:")
 
 
 @pytest.mark.parametrize("text", ["", "{", '{"format": "x"}', '{"format": "graphviz-autograd-graph", "version": 99}',

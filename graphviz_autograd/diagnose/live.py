@@ -13,8 +13,8 @@ import re
 import torch
 
 from ..model import Graph, NodeKind
+from ..tracer import saved_attrs
 
-_SAVED_ATTRS: dict[type, tuple[str, ...]] = {}
 
 
 def root_node(t: torch.Tensor):
@@ -110,16 +110,6 @@ class Reach:
             self.memo[id(n)] = frozenset(found)
             self._keep.append(n)
         return self.memo[id(node)]
-
-
-def saved_attrs(node) -> tuple[str, ...]:
-    cls = type(node)
-    attrs = _SAVED_ATTRS.get(cls)
-    if attrs is None:
-        attrs = tuple(a for a in dir(cls) if a.startswith("_saved_")
-                      and not a.endswith(("_sym_sizes", "_sym_strides")))
-        _SAVED_ATTRS[cls] = attrs
-    return attrs
 
 
 def stale_saved(nodes) -> tuple[object, str] | None:

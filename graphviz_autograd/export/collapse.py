@@ -38,34 +38,21 @@ def collapse(graph: Graph, depth: int) -> Graph:
         groups.setdefault(gid, []).append(n)
     if not groups:
         return graph
-    nodes: list[Node] = []
-    emitted: set[str] = set()
-    for n in graph.nodes:
-        gid = target.get(n.id)
-        if gid is None:
-            nodes.append(n)
-        elif gid not in emitted:
-            emitted.add(gid)
-            members = groups[gid]
-            counts: dict[str, int] = {}
-            for m in members:
-                if m.kind is NodeKind.OP:
-                    counts[m.op] = counts.get(m.op, 0) + 1
-            top = ", ".join(op for op, _ in sorted(counts.items(), key=lambda kv: -kv[1])[:3])
-            n_params = sum(1 for m in members if m.kind is NodeKind.PARAM)
-            seqs = [m.seq for m in members if m.seq >= 0]
-            nodes.append(Node(
-                id=gid, kind=NodeKind.OP, op="module", module=gid[len("module:"):],
-                outputs=_last_outputs(members), seq=min(seqs) if seqs else -1,
-                saved=tuple(s for m in members for s in m.saved),
-                attrs=(("nodes", str(len(members))), ("params", str(n_params)), ("ops", top))))
-    edges: dict[tuple[str, str], Edge] = {}
-    for e in graph.edges:
-        src, dst = target.get(e.src, e.src), target.get(e.dst, e.dst)
-        if src == dst:
-            continue
-        edges.setdefault((src, dst), Edge(src, dst, e.output_nr, e.input_nr, e.meta))
-    return Graph(nodes=tuple(nodes), edges=tuple(edges.values()), roots=graph.roots)
+
+    def module_node(gid: str) -> Node:
+        members = groups[gid]
+        counts: dict[str, int] = {}
+        for m in members:
+            if m.kind is NodeKind.OP:
+                counts[m.op] = counts.get(m.op, 0) + 1
+        top = ", ".join(op for op, _ in sorted(counts.items(), key=lambda kv: -kv[1])[:3])
+        n_params = sum(1 for m in members if m.kind is NodeKind.PARAM)
+        seqs = [m.seq for m in members if m.seq >= 0]
+        return Node(id=gid, kind=NodeKind.OP, op="module", module=gid[len("module:"):],
+                    outputs=_last_outputs(members), seq=min(seqs) if seqs else -1,
+                    saved=tuple(sv for m in members for sv in m.saved),
+                    attrs=(("nodes", str(len(members))), ("params", str(n_params)), ("ops", top)))
+    return _merge(graph, target, module_node)
 
 
 def _last_outputs(members: list[Node]):
@@ -141,6 +128,20 @@ def fold_repeats(graph: Graph, min_calls: int = 3) -> Graph:
                 prev_sig = sig
     if not folded:
         return graph
+
+    def repeat_node(gid: str) -> Node:
+        module, first, last, members = folded[gid]
+        per_call = len(members) // (last - first + 1)
+        return Node(id=gid, kind=NodeKind.OP, op="module", module=module or "(model)",
+                    outputs=_last_outputs(members), seq=min(m.seq for m in members),
+                    attrs=(("nodes", str(len(members))), ("params", "0"),
+                           ("ops", f"x{last - first + 1} calls ({first}-{last}), {per_call} ops each")))
+    return _merge(graph, target, repeat_node)
+
+
+def _merge(graph: Graph, target: dict[str, str], make_node) -> Graph:
+    """Replace each group of nodes (``target``: node id -> group id) by ``make_node(gid)``,
+    at the place of its first member; edges are remapped, deduplicated, self-loops dropped."""
     nodes: list[Node] = []
     emitted: set[str] = set()
     for n in graph.nodes:
@@ -149,13 +150,7 @@ def fold_repeats(graph: Graph, min_calls: int = 3) -> Graph:
             nodes.append(n)
         elif gid not in emitted:
             emitted.add(gid)
-            module, first, last, members = folded[gid]
-            per_call = len(members) // (last - first + 1)
-            nodes.append(Node(id=gid, kind=NodeKind.OP, op="module", module=module or "(model)",
-                              outputs=_last_outputs(members), seq=min(m.seq for m in members),
-                              attrs=(("nodes", str(len(members))), ("params", "0"),
-                                     ("ops", f"x{last - first + 1} calls ({first}-{last}), "
-                                             f"{per_call} ops each"))))
+            nodes.append(make_node(gid))
     edges: dict[tuple[str, str], Edge] = {}
     for e in graph.edges:
         src, dst = target.get(e.src, e.src), target.get(e.dst, e.dst)
