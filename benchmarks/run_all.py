@@ -18,12 +18,13 @@ SCRIPTS = {
     "bench_recorder.py resnet18": ["--model", "resnet18", "--batch", "8", "--steps", "5", "--rounds", "3",
                                    "--threads", "1"],
     "bench_store.py": [],
+    "bench_memory.py": [],
     "bench_dashboard.py": [],
 }
 SMOKE = {"bench_trace.py": ["--smoke"], "bench_render.py": ["--smoke"],
          "bench_recorder.py": ["--steps", "2", "--rounds", "1"],
          "bench_store.py": ["--keys", "20", "--write-steps", "50", "--read-keys", "2", "--read-steps", "500"],
-         "bench_dashboard.py": ["--smoke"]}
+         "bench_dashboard.py": ["--smoke"], "bench_memory.py": ["--steps", "20"]}
 
 
 def main() -> int:
