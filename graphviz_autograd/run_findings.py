@@ -1,0 +1,98 @@
+"""Findings read from a recorded run at one step (stdlib only: the dashboard uses it).
+
+:func:`graphviz_autograd.diagnose` explains a live model; this module answers the
+same questions from what the :class:`~graphviz_autograd.Recorder` stored, so a
+run can be checked after the fact, in another process, without torch.
+
+Example:
+    >>> from graphviz_autograd.store import open_run
+    >>> findings = run_findings(open_run("runs/lenet"), step=100)   # doctest: +SKIP
+    >>> [f.kind for f in findings]                                   # doctest: +SKIP
+    ['dead_units']
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from .model import NodeKind
+
+
+class RunFinding(NamedTuple):
+    kind: str            # unused_parameter, nonfinite_loss, nonfinite_gradient, vanishing, exploding,
+    severity: str        # dead_units, saturated_units; severity "error" or "warning"
+    message: str
+    nodes: tuple[str, ...]
+
+
+def run_findings(run, step: int, *, vanish_ratio: float = 1e-7, explode_norm: float = 1e3,
+                 dead_fraction: float = 0.99, saturated_fraction: float = 0.9) -> list[RunFinding]:
+    """What looks wrong at ``step`` of ``run`` (a ``Run`` or ``RankReader``)."""
+    out: list[RunFinding] = []
+    graph = run.graph_at(step)
+    loss = dict(zip(*run.loss()))
+    if step in loss and not math.isfinite(loss[step]):
+        out.append(RunFinding("nonfinite_loss", "error", f"the loss is {loss[step]} at step {step}", ()))
+    grads = run.stats_at(step, "param", "grad_norm")
+    if grads or run.stats_at(step, "param", "param_norm"):
+        out.extend(_param_findings(run, step, grads, vanish_ratio, explode_norm))
+    if graph is not None:
+        out.extend(_node_findings(run, step, graph, dead_fraction, saturated_fraction))
+    return out
+
+
+def _param_findings(run, step, grads, vanish_ratio, explode_norm):
+    norms = run.stats_at(step, "param", "param_norm")
+    missing = sorted(k for k in norms if k not in grads)
+    if missing:
+        yield RunFinding("unused_parameter", "error",
+                         f"{len(missing)} parameter(s) got no gradient at step {step}: "
+                         f"{', '.join(missing[:6])}{'...' if len(missing) > 6 else ''}; they have no path "
+                         "to the loss (run `graphviz-autograd doctor` or ga.diagnose to see where it breaks)",
+                         tuple(f"param:{k}" for k in missing))
+    bad = sorted(k for k, v in grads.items() if not math.isfinite(v))
+    if bad:
+        yield RunFinding("nonfinite_gradient", "error",
+                         f"non-finite gradient in {', '.join(bad[:6])} at step {step}",
+                         tuple(f"param:{k}" for k in bad))
+    tiny = sorted(k for k, g in grads.items() if math.isfinite(g) and norms.get(k, 0) > 0
+                  and g / norms[k] < vanish_ratio)
+    if tiny:
+        yield RunFinding("vanishing", "warning",
+                         f"{len(tiny)} parameter(s) get gradients below {vanish_ratio:g} of their norm at "
+                         f"step {step}: {', '.join(tiny[:6])}", tuple(f"param:{k}" for k in tiny))
+    huge = sorted(k for k, g in grads.items() if math.isfinite(g) and g > explode_norm)
+    if huge:
+        yield RunFinding("exploding", "warning",
+                         f"gradient norm above {explode_norm:g} at step {step}: "
+                         + ", ".join(f"{k} ({grads[k]:.3g})" for k in huge[:6]), tuple(f"param:{k}" for k in huge))
+
+
+def _node_findings(run, step, graph, dead_fraction, saturated_fraction):
+    nans = run.stats_at(step, "node", "grad_nan")
+    infs = run.stats_at(step, "node", "grad_inf")
+    nonfinite = [n for n in graph.nodes if n.kind is NodeKind.OP and (nans.get(n.id) or infs.get(n.id))]
+    if nonfinite:
+        first = max(nonfinite, key=lambda n: n.seq)      # backward runs from the last-created node
+        users = [graph.node(d) for d in graph.successors(first.id)]
+        culprit = ", ".join(f"{u.op} ({u.module or 'root'}{', ' + u.source if u.source else ''})"
+                            for u in users if u.kind is NodeKind.OP) or "the loss"
+        yield RunFinding("nonfinite_gradient", "error",
+                         f"the gradient first turns NaN/Inf in backward at the output of {first.op} "
+                         f"({first.id}{', ' + first.source if first.source else ''}): it was made by the "
+                         f"backward of {culprit}", (first.id, *(u.id for u in users)))
+    dead = run.stats_at(step, "node", "act_zero_frac")
+    for node_id, frac in sorted(dead.items()):
+        if node_id in graph and "Relu" in graph.node(node_id).op and frac >= dead_fraction:
+            n = graph.node(node_id)
+            yield RunFinding("dead_units", "warning",
+                             f"{100 * frac:.1f}% of the outputs of {n.op} ({n.module or 'root'}"
+                             f"{', ' + n.source if n.source else ''}) are exactly zero at step {step}: "
+                             "dead ReLUs (check the bias and the learning rate)", (node_id,))
+    sat = run.stats_at(step, "node", "act_sat_frac")
+    for node_id, frac in sorted(sat.items()):
+        if node_id in graph and frac >= saturated_fraction:
+            n = graph.node(node_id)
+            yield RunFinding("saturated_units", "warning",
+                             f"{100 * frac:.1f}% of the outputs of {n.op} ({n.module or 'root'}) are saturated "
+                             f"at step {step}: its gradient is close to zero there", (node_id,))
