@@ -23,6 +23,7 @@ from .model import Edge, Graph, Node, NodeKind, SavedTensor, TensorMeta
 
 _DTYPE_NAMES: dict[Any, str] = {}
 _SAVED_ATTRS: dict[type, tuple[str, ...]] = {}
+_OP_NAMES: dict[type, str] = {}
 
 
 def trace(outputs, *, model: torch.nn.Module | None = None, saved: bool = True,
@@ -205,16 +206,21 @@ class _Walker:
         OP = NodeKind.OP
         for i, fn in enumerate(fns):
             outputs.append(tuple([_meta_of(m.shape, m.dtype, m.device) for m in fn._input_metadata]))
-            var = getattr(fn, "variable", None)
-            if var is not None:        # AccumulateGrad
-                pname = param_names.get(id(var), "")
+            cls = type(fn)
+            op = _OP_NAMES.get(cls)
+            if op is None:
+                op = fn.name().rpartition("::")[2]
+                if cls.__name__ == op:      # a generic wrapper type may stand for several ops
+                    _OP_NAMES[cls] = op
+            if op == "AccumulateGrad":
+                pname = param_names.get(id(fn.variable), "")
                 kinds.append(NodeKind.PARAM if pname else NodeKind.LEAF)
                 ops.append("AccumulateGrad")
                 params.append(pname)
                 seqs.append(-1)
                 continue
             kinds.append(OP)
-            ops.append(fn.name().rpartition("::")[2])
+            ops.append(op)
             params.append("")
             seqs.append(fn._sequence_nr())
             call = None
