@@ -57,13 +57,14 @@ def render(spec, input_shape, output, depth, focus, show_saved, max_nodes, json_
 
     Example: graphviz-autograd render torchvision.models:resnet18 --input-shape 1,3,224,224 -o resnet18.svg
     """
+    from .modelspec import load_model_spec, parse_shape
+
+    shape = parse_shape(input_shape)        # before importing torch: typos fail at once
     import torch
 
     from .instrumentation import instrument
-    from .modelspec import load_model_spec, parse_shape
     from .tracer import trace
 
-    shape = parse_shape(input_shape)
     model = load_model_spec(spec)
     torch_dtype = getattr(torch, dtype, None)
     if not isinstance(torch_dtype, torch.dtype) or not (torch_dtype.is_floating_point

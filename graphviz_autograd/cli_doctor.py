@@ -22,12 +22,13 @@ def doctor(spec, input_shape, classes, svg):
 
     Exit code 1 when a finding of severity "error" is reported.
     """
+    from .modelspec import load_model_spec, make_inputs, parse_shape
+
+    shapes = [parse_shape(s) for s in input_shape]   # before importing torch: typos fail at once
     import torch
 
     from .doctor import exit_code, run_doctor
-    from .modelspec import load_model_spec, make_inputs, parse_shape
 
-    shapes = [parse_shape(s) for s in input_shape]
     model = load_model_spec(spec)
     inputs = make_inputs(shapes)
     target = torch.randint(0, classes, (shapes[0][0],)) if classes else None
