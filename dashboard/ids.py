@@ -1,0 +1,70 @@
+"""Every component id of the dashboard, in one place (layout, callbacks, tests and JS use these)."""
+from __future__ import annotations
+
+# page / run selection
+LOCATION = "gva-location"
+RUN = "gva-run"
+RANK = "gva-rank"
+LIVE = "gva-live"
+INTERVAL = "gva-interval"
+STATUS = "gva-status"
+LATEST = "gva-latest"            # Store: what the run holds now (run, rank, steps, versions, ...)
+
+# curves and step selection
+LOSS = "gva-loss"
+SCALARS = "gva-scalars"
+METRICS = "gva-metrics"
+STEP_SLIDER = "gva-step-slider"
+STEP = "gva-step"                # Store: {"step": int | None, "follow": bool}
+STEP_LABEL = "gva-step-label"
+
+# the graph
+GRAPH = "gva-graph"
+GRAPH_KEY = "gva-graph-key"      # Store: key of the elements the browser holds
+ELEMENTS = "gva-elements"        # Store: the elements, loaded into cytoscape by dashboard.js
+GRAPH_INFO = "gva-graph-info"
+METRIC = "gva-metric"
+LEGEND = "gva-legend"
+COLORS = "gva-colors"            # Store: colour payload the clientside painter applies
+PAINTED = "gva-painted"          # Store: written by the clientside painter (dummy output)
+SEARCH = "gva-search"
+SEARCH_RESULT = "gva-search-result"
+SEARCH_INFO = "gva-search-info"
+FOCUSED = "gva-focused"          # Store: written by the clientside search focus (dummy output)
+COLLAPSED = "gva-collapsed"      # Store: {"mode": "auto"} or {"paths": [...]}
+FOLD_TOGGLE = "gva-fold-toggle"
+COLLAPSE_ALL = "gva-collapse-all"
+EXPAND_ALL = "gva-expand-all"
+FIT = "gva-fit"
+
+# node details
+SELECTED = "gva-selected"        # Store: id of the node shown in the detail panel
+DETAIL = "gva-detail"
+DETAIL_AT_STEP = "gva-detail-at-step"
+NODE_FIG = "gva-node-fig"
+
+# gradient flow
+FLOW = "gva-flow"
+HEATMAP = "gva-heatmap"
+
+# figures mounted after the graph's first paint (plotly and the second cytoscape load later)
+PICKED = "gva-picked"            # Store: a step clicked or box-selected on a curve
+MOUNT_TIMER = "gva-mount-timer"
+MOUNTED = "gva-mounted"
+LOSS_SLOT = "gva-loss-slot"
+METRICS_SLOT = "gva-metrics-slot"
+NODE_FIG_SLOT = "gva-node-fig-slot"
+FLOW_SLOT = "gva-flow-slot"
+HEATMAP_SLOT = "gva-heatmap-slot"
+DIFF_SLOT = "gva-diff-slot"
+RANK_FIG_SLOT = "gva-rank-fig-slot"
+
+# graph versions and ranks
+VERSION_A = "gva-version-a"
+VERSION_B = "gva-version-b"
+DIFF_GRAPH = "gva-diff-graph"
+DIFF_INFO = "gva-diff-info"
+RANK_A = "gva-rank-a"
+RANK_B = "gva-rank-b"
+RANK_STAT = "gva-rank-stat"
+RANK_FIG = "gva-rank-fig"

@@ -1,0 +1,185 @@
+"""The page: a pure function of nothing but constants (no run is read to build it)."""
+from __future__ import annotations
+
+import dash_cytoscape as cyto
+from dash import dcc, html
+
+from graphviz_autograd.export.style import KIND_STYLE, MODULE_BORDER, MODULE_FILL
+
+from . import ids
+from .graph_view import DEFAULT_METRIC, METRICS, preset_layout, stylesheet
+
+REFRESH_MS = 2500
+MOUNT_FALLBACK_MS = 15000    # safety net: figures mount after the graph paints (or fails to)
+RANK_STATS = ("grad_norm", "grad_absmax", "grad_zero_frac", "param_norm", "update_ratio")
+
+
+def _dropdown(id_: str, placeholder: str, width: str = "14rem", **kw) -> dcc.Dropdown:
+    return dcc.Dropdown(id=id_, placeholder=placeholder, clearable=False,
+                        style={"width": width, "minWidth": width}, **kw)
+
+
+def header() -> html.Header:
+    return html.Header(className="gva-header", children=[
+        html.H1("graphviz-autograd"),
+        html.Label("run", htmlFor=ids.RUN), _dropdown(ids.RUN, "choose a run", "18rem"),
+        html.Label("rank", htmlFor=ids.RANK), _dropdown(ids.RANK, "rank", "6rem"),
+        dcc.Checklist(id=ids.LIVE, options=[{"label": " live", "value": "live"}], value=["live"],
+                      className="gva-live"),
+        html.Div(id=ids.STATUS, className="gva-status"),
+    ])
+
+
+def _figure(id_: str, height: str, **config) -> dcc.Graph:
+    return dcc.Graph(id=id_, config={"displaylogo": False, **config}, style={"height": height},
+                     figure={"data": [], "layout": {}})
+
+
+def deferred() -> dict[str, object]:
+    """Slot id -> component mounted after the graph's first paint.
+
+    Plotly's 4.8 MB bundle is evaluated when the first ``dcc.Graph`` appears and
+    blocks the page for a second or more; mounting the figures later lets the
+    autograd graph paint first.
+    """
+    return {
+        ids.LOSS_SLOT: _figure(ids.LOSS, "260px", scrollZoom=True),
+        ids.METRICS_SLOT: _figure(ids.METRICS, "220px"),
+        ids.NODE_FIG_SLOT: _figure(ids.NODE_FIG, "240px"),
+        ids.FLOW_SLOT: _figure(ids.FLOW, "360px"),
+        ids.HEATMAP_SLOT: _figure(ids.HEATMAP, "360px"),
+        ids.DIFF_SLOT: html.Div([
+            html.Div(id=ids.DIFF_INFO, className="gva-diff-info"),
+            cyto.Cytoscape(id=ids.DIFF_GRAPH, elements=[], layout=preset_layout(),
+                           stylesheet=stylesheet(), minZoom=0.02, maxZoom=4, autoRefreshLayout=False,
+                           style={"width": "100%", "height": "420px"}, className="gva-cy")]),
+        ids.RANK_FIG_SLOT: _figure(ids.RANK_FIG, "380px"),
+    }
+
+
+def _slot(id_: str, height: str) -> html.Div:
+    return html.Div(id=id_, className="gva-slot", style={"minHeight": height})
+
+
+def curves() -> html.Section:
+    return html.Section(className="gva-card gva-curves", children=[
+        html.Div(className="gva-curve-row", children=[
+            _slot(ids.LOSS_SLOT, "260px"),
+            html.Div(className="gva-metrics", children=[
+                dcc.Dropdown(id=ids.SCALARS, multi=True, placeholder="other scalars",
+                             className="gva-scalars"),
+                _slot(ids.METRICS_SLOT, "220px"),
+            ]),
+        ]),
+        html.Div(className="gva-step-row", children=[
+            html.Div(id=ids.STEP_LABEL, className="gva-step-label", children="step –"),
+            html.Div(className="gva-slider", children=dcc.Slider(
+                id=ids.STEP_SLIDER, min=0, max=1, step=1, value=0, updatemode="mouseup",
+                marks=None, tooltip={"placement": "bottom", "always_visible": False})),
+        ]),
+    ])
+
+
+def kind_legend() -> html.Div:
+    items = []
+    for kind, (fill, border, _shape, _style, text) in KIND_STYLE.items():
+        items.append(html.Span(className="gva-kind", children=[
+            html.Span(className=f"gva-swatch gva-kind-{kind.value}",
+                      style={"background": fill, "borderColor": border}), text]))
+    items.append(html.Span(className="gva-kind", children=[
+        html.Span(className="gva-swatch gva-kind-module",
+                  style={"background": MODULE_FILL, "borderColor": MODULE_BORDER}),
+        "folded module (select, then expand)"]))
+    return html.Div(className="gva-kinds", children=items)
+
+
+def graph_section() -> html.Section:
+    toolbar = html.Div(className="gva-toolbar", children=[
+        html.Label("colour by", htmlFor=ids.METRIC),
+        dcc.Dropdown(id=ids.METRIC, value=DEFAULT_METRIC, clearable=False, style={"width": "12rem"},
+                     options=[{"label": m.label, "value": k, "title": m.help} for k, m in METRICS.items()]),
+        dcc.Input(id=ids.SEARCH, type="search", placeholder="find op, module or parameter",
+                  debounce=True, className="gva-search"),
+        html.Span(id=ids.SEARCH_INFO, className="gva-search-info"),
+        html.Button("expand / collapse selected", id=ids.FOLD_TOGGLE, disabled=True,
+                    className="gva-button"),
+        html.Button("collapse all", id=ids.COLLAPSE_ALL, className="gva-button"),
+        html.Button("expand all", id=ids.EXPAND_ALL, className="gva-button"),
+        html.Button("fit", id=ids.FIT, className="gva-button"),
+    ])
+    # Elements are loaded by assets/dashboard.js from the ELEMENTS store, not through this
+    # component's props; nodes are not draggable (positions come from the layout).
+    graph = cyto.Cytoscape(
+        id=ids.GRAPH, elements=[], layout=preset_layout(), stylesheet=stylesheet(),
+        minZoom=0.02, maxZoom=4, autoRefreshLayout=False, boxSelectionEnabled=False,
+        autoungrabify=True, responsive=True, style={"width": "100%", "height": "68vh"},
+        className="gva-cy")
+    detail = html.Aside(className="gva-detail", children=[
+        html.Div(id=ids.DETAIL, children=html.P("Click a node to see its op, shapes, saved tensors "
+                                                "and gradient statistics.", className="gva-hint")),
+        _slot(ids.NODE_FIG_SLOT, "240px"),
+        html.Div(id=ids.DETAIL_AT_STEP),
+    ])
+    return html.Section(className="gva-card gva-graph-card", children=[
+        toolbar,
+        html.Div(className="gva-legend-row", children=[html.Div(id=ids.LEGEND), kind_legend()]),
+        html.Div(className="gva-graph-row", children=[html.Div(className="gva-cy-wrap", children=[
+            graph, html.Div(id=ids.GRAPH_INFO, className="gva-graph-info")]), detail]),
+    ])
+
+
+def flow_section() -> html.Section:
+    return html.Section(className="gva-card gva-flow", children=[
+        html.H2("Gradient flow"),
+        html.Div(className="gva-two", children=[
+            _slot(ids.FLOW_SLOT, "360px"), _slot(ids.HEATMAP_SLOT, "360px"),
+        ]),
+    ])
+
+
+def compare_section() -> html.Section:
+    versions = html.Div(className="gva-versions", children=[
+        html.H2("Graph versions"),
+        html.Div(className="gva-toolbar", children=[
+            html.Label("from", htmlFor=ids.VERSION_A), _dropdown(ids.VERSION_A, "version", "16rem"),
+            html.Label("to", htmlFor=ids.VERSION_B), _dropdown(ids.VERSION_B, "version", "16rem"),
+        ]),
+        _slot(ids.DIFF_SLOT, "440px"),
+    ])
+    ranks = html.Div(className="gva-ranks", children=[
+        html.H2("Ranks"),
+        html.Div(className="gva-toolbar", children=[
+            html.Label("rank", htmlFor=ids.RANK_A), _dropdown(ids.RANK_A, "rank", "6rem"),
+            html.Label("vs", htmlFor=ids.RANK_B), _dropdown(ids.RANK_B, "rank", "6rem"),
+            dcc.Dropdown(id=ids.RANK_STAT, value="grad_norm", clearable=False, style={"width": "12rem"},
+                         options=[{"label": s, "value": s} for s in RANK_STATS]),
+        ]),
+        _slot(ids.RANK_FIG_SLOT, "380px"),
+    ])
+    return html.Section(className="gva-card gva-two", children=[versions, ranks])
+
+
+def stores() -> list:
+    return [
+        dcc.Location(id=ids.LOCATION, refresh=False),
+        dcc.Interval(id=ids.INTERVAL, interval=REFRESH_MS),
+        dcc.Interval(id=ids.MOUNT_TIMER, interval=MOUNT_FALLBACK_MS, max_intervals=1),
+        dcc.Store(id=ids.MOUNTED, data=False), dcc.Store(id=ids.PICKED),
+        dcc.Store(id=ids.LATEST), dcc.Store(id=ids.STEP, data={"step": None, "follow": True}),
+        dcc.Store(id=ids.GRAPH_KEY), dcc.Store(id=ids.ELEMENTS), dcc.Store(id=ids.COLORS),
+        dcc.Store(id=ids.PAINTED),
+        dcc.Store(id=ids.SEARCH_RESULT), dcc.Store(id=ids.FOCUSED),
+        dcc.Store(id=ids.COLLAPSED, data={"mode": "auto"}), dcc.Store(id=ids.SELECTED),
+    ]
+
+
+def build_layout() -> html.Div:
+    """The whole page, figures still in their slots (see :func:`deferred`)."""
+    return html.Div(className="gva", children=[
+        *stores(), header(), curves(), graph_section(), flow_section(), compare_section(),
+    ])
+
+
+def validation_layout() -> html.Div:
+    """The page with every deferred component in place: what callbacks are checked against."""
+    return html.Div([build_layout(), *deferred().values()])
