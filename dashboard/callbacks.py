@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, quote
 from dash import Patch, get_relative_path, no_update
 
 from graphviz_autograd.errors import GraphvizAutogradError
+from graphviz_autograd.run_findings import run_findings
 
 from . import figures as FIG
 from . import ids
@@ -256,9 +257,23 @@ def graph_colors(src: DataSource, key, scene, state, metric, latest):
     except READ_ERRORS:
         pass
     values = node_values(scene, metric, node_stats, param_stats)
+    findings = step_findings(src, run, rank, at)
     payload, info = color_payload(key, ids.GRAPH, values, metric, scene.order,
                                   stamp=f"{key}|{at}|{metric}")
-    return payload, panels.legend(info, at if spec.stats else None)
+    where = {node_id: i for i, node_id in enumerate(scene.order)}
+    payload["m"] = sorted({where[n] for f in findings for n in f.nodes if n in where})
+    return payload, [panels.legend(info, at if spec.stats else None), panels.findings_list(findings, at)]
+
+
+def step_findings(src: DataSource, run, rank, step) -> list:
+    """What looks wrong at ``step`` (graphviz_autograd.run_findings), cached per step."""
+    if step is None:
+        return []
+    try:
+        return src.cached(("findings", run, rank, step),
+                          lambda: run_findings(src.reader(run, rank), step))
+    except READ_ERRORS:
+        return []
 
 
 def search(src: DataSource, query, _n_submit, key, previous):

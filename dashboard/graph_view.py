@@ -183,6 +183,8 @@ def stylesheet(n_nodes: int = 0) -> list[dict]:
         {"selector": "node[bg]", "style": {"background-color": "data(bg)"}},
         {"selector": "node.match", "style": {"overlay-color": "#ff7f0e", "overlay-opacity": 0.35,
                                              "overlay-padding": 6}},
+        {"selector": "node[mark > 0]", "style": {"border-color": "#d62728", "border-width": 5,
+                                                 "border-style": "double"}},
         {"selector": "node:selected", "style": {"border-color": "#d62728", "border-width": 4}},
         {"selector": ".added", "style": {"border-color": "#2ca02c", "border-width": 4,
                                          "line-color": "#2ca02c", "target-arrow-color": "#2ca02c"}},

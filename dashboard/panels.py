@@ -148,3 +148,17 @@ def diff_summary(added: list[str], removed: list[str], va: int, vb: int,
                 html.Div([html.H4("added", className="gva-added"), _list(added, "gva-diff-added")]),
                 html.Div([html.H4("removed", className="gva-removed"), _list(removed, "gva-diff-removed")]),
             ])]
+
+
+def findings_list(findings, step: int | None) -> html.Div:
+    """What looks wrong at the selected step (graphviz_autograd.run_findings), as text."""
+    if step is None:
+        return html.Div(id="gva-findings", className="gva-findings")
+    if not findings:
+        return html.Div(id="gva-findings", className="gva-findings gva-hint",
+                        children=f"no findings at step {step}")
+    items = [html.Li(className=f"gva-finding gva-{f.severity}",
+                     children=[html.B(f"{f.severity} {f.kind}: "), f.message]) for f in findings]
+    return html.Div(id="gva-findings", className="gva-findings",
+                    children=[html.Span(f"findings at step {step} (marked on the graph)",
+                                        className="gva-legend-title"), html.Ul(items)])

@@ -361,3 +361,42 @@ def test_mount_fills_slots_once():
     first = C.mount("stamp", None, False)
     assert first[-1] is True and all(c is not no_update for c in first)
     assert all(c is no_update for c in C.mount("stamp", 1, True))
+
+
+def test_findings_of_the_step_are_listed_and_marked_on_the_graph(tmp_path):
+    import torch
+
+    from graphviz_autograd import Recorder
+
+    class DeadRelu(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.unused = torch.nn.Linear(4, 8), torch.nn.Linear(8, 1), torch.nn.Linear(8, 2)
+            with torch.no_grad():
+                self.fc1.bias.fill_(-50.0)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x)))
+
+    model = DeadRelu()
+    with Recorder(model, tmp_path / "runs" / "dead", every=1, flush_interval=0) as rec:
+        for step in range(2):
+            loss = model(torch.randn(4, 4)).pow(2).mean()
+            loss.backward()
+            rec.log(step, loss=loss)
+    src = DataSource(tmp_path / "runs")
+    latest = _latest(src, "dead")
+    out = _graph(src, latest, step=1)
+    colors, legend = out[4], out[5]
+    _, scene = src.scene("dead", None, 1, {"mode": "auto"})
+    marked = {scene.order[i] for i in colors["m"]}
+    assert any(n.startswith("ReluBackward0") for n in marked)        # dead ReLUs, on the graph
+    assert "param:unused.weight" not in scene.order                   # no path to the loss: listed only
+    def texts(c):
+        if isinstance(c, str):
+            return c
+        if isinstance(c, (list, tuple)):
+            return " ".join(texts(x) for x in c)
+        return texts(getattr(c, "children", "") or "")
+    text = texts(legend)
+    assert "unused_parameter" in text and "dead_units" in text and "findings at step 1" in text

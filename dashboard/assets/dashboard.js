@@ -83,9 +83,12 @@
    * key go into the element data before adding, so no per-node update follows. */
   function load(cy, ref, payload, colors) {
     var el = cy.container(), previous = cy.scratch("_gvaKey");
-    if (colors && colors.key === ref.key && !colors.off) {
+    if (colors && colors.key === ref.key) {
+      var marked = markSet(colors);
       payload.elements.forEach(function (e) {
-        if (e.data.ix !== undefined) { e.data.bg = colourOf(colors, e.data.ix); }
+        if (e.data.ix === undefined) { return; }
+        if (!colors.off) { e.data.bg = colourOf(colors, e.data.ix); }
+        e.data.mark = marked[e.data.ix] ? 1 : 0;
       });
     }
     cy.batch(function () {
@@ -100,9 +103,19 @@
     }
   }
 
+  /* Node indexes a finding of the selected step names (drawn with a red double border). */
+  function markSet(colors) {
+    var set = {};
+    (colors.m || []).forEach(function (i) { set[i] = true; });
+    return set;
+  }
+
   function paint(cy, colors) {
+    var marked = markSet(colors);
     cy.batch(function () {
       cy.nodes("[ix >= 0]").forEach(function (n) {
+        var m = marked[n.data("ix")] ? 1 : 0;
+        if (n.data("mark") !== m) { n.data("mark", m); }
         if (colors.off) { n.removeData("bg"); return; }
         var c = colourOf(colors, n.data("ix"));
         if (n.data("bg") !== c) { n.data("bg", c); }
