@@ -338,27 +338,37 @@ def _attribute_modules(kinds, params, modules, seqs, raw_edges, tagged) -> None:
 
     A unary chain on one parameter (``t()``, ``view``, ``expand`` of a weight) takes
     that parameter's module; an op consuming parameters (or such chains) of one
-    module takes that module. One pass in creation order: inputs come first.
+    module takes that module. Only the neighbourhood of parameters is visited.
     Nodes tagged by instrumentation keep their tag ("" is the root module).
     """
-    OP, PARAM = NodeKind.OP, NodeKind.PARAM
-    if all(modules[i] or tagged[i] for i, k in enumerate(kinds) if k is OP):
+    PARAM = NodeKind.PARAM
+    owner: dict[int, str] = {i: p.rpartition(".")[0] for i, p in enumerate(params)
+                             if p and kinds[i] is PARAM}
+    if not owner:
         return
-    inputs: dict[int, list[int]] = {}
+    indeg = [0] * len(kinds)
+    succ: dict[int, list[int]] = {}
     for s, d, _o, _k in raw_edges:
-        inputs.setdefault(d, []).append(s)
-    owner: dict[int, str] = {i: p.rpartition(".")[0] for i, p in enumerate(params) if kinds[i] is PARAM}
-    for d in sorted((d for d in inputs if kinds[d] is OP), key=seqs.__getitem__):
-        srcs = inputs[d]
-        if len(srcs) == 1 and srcs[0] in owner:
-            owner[d] = owner[srcs[0]]
-            if not modules[d] and not tagged[d]:
-                modules[d] = owner[d]
-            continue
-        if not modules[d] and not tagged[d]:
-            mods = {owner[s] for s in srcs if s in owner and owner[s]}
-            if len(mods) == 1:
-                modules[d] = mods.pop()
+        indeg[d] += 1
+        succ.setdefault(s, []).append(d)
+    consumers: dict[int, set[str]] = {}
+    frontier = list(owner)
+    while frontier:                  # walk forward from parameters along unary chains
+        nxt = []
+        for s in frontier:
+            for d in succ.get(s, ()):
+                if indeg[d] == 1 and d not in owner:
+                    owner[d] = owner[s]
+                    nxt.append(d)
+                elif owner[s]:
+                    consumers.setdefault(d, set()).add(owner[s])
+        frontier = nxt
+    for d, mod in owner.items():
+        if kinds[d] is not PARAM and not modules[d] and not tagged[d]:
+            modules[d] = mod
+    for d, mods in consumers.items():
+        if len(mods) == 1 and d not in owner and not modules[d] and not tagged[d]:
+            modules[d] = next(iter(mods))
 
 
 def _add_saved_nodes(nodes: list[Node], edges: list[Edge]) -> None:
