@@ -117,7 +117,10 @@ def main(argv=None):
         args.models, args.repeat = "lenet,lstm25", 1
     import warnings
     warnings.simplefilter("ignore")
-    rows = [run_case(m, args.repeat) for m in args.models.split(",")]
+    rows = []
+    for m in args.models.split(","):
+        rows.append(run_case(m, args.repeat))
+        print("done:", {k: fmt_s(v) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
     headers = ["model", "nodes", "bare walk", "ours", "ours (no saved)", "torchviz", "forward",
                "ours capture", "torchview capture", "torchlens capture"]
     body = [[r["model"], str(r["nodes"])] + [fmt_s(r.get(h)) for h in headers[2:]] for r in rows]

@@ -12,6 +12,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
+from graphviz_autograd._stack import ensure_release_stack  # noqa: E402
+
+# The bare walk and the other tools touch every node of deep graphs too; without a big
+# enough stack torch 2.14 segfaults when those graphs are released (see _stack.py).
+ensure_release_stack(200_000)
+
 
 def lstm_unrolled(steps: int):
     cell = nn.LSTMCell(8, 16)
