@@ -204,8 +204,14 @@ class _Walker:
         saved_on = self.saved
         param_names = self.param_names
         OP = NodeKind.OP
+        cache = _META
         for i, fn in enumerate(fns):
-            outputs.append(tuple([_meta_of(m.shape, m.dtype, m.device) for m in fn._input_metadata]))
+            outs = []
+            for m in fn._input_metadata:
+                shape, dtype, device = m.shape, m.dtype, m.device
+                meta = cache.get((tuple(shape), dtype, device))
+                outs.append(meta if meta is not None else _meta_of(shape, dtype, device))
+            outputs.append(tuple(outs))
             cls = type(fn)
             op = _OP_NAMES.get(cls)
             if op is None:
@@ -237,12 +243,11 @@ class _Walker:
                 attrs[i] += (("call", str(call)),)
         _attribute_modules(kinds, params, modules, seqs, raw_edges, tagged)
         node_ids = self._ids(kinds, ops, params, modules, seqs)
-        seq_rank = {i: r for r, i in enumerate(sorted((i for i in range(n) if seqs[i] >= 0),
-                                                      key=lambda i: (seqs[i], i)))}
-        nodes = [Node(id=node_ids[i], kind=kinds[i], op=ops[i], module=modules[i],
-                      source=sources[i], param=params[i], outputs=outputs[i],
-                      saved=saved[i], seq=seq_rank.get(i, -1), attrs=attrs[i])
-                 for i in range(n)]
+        rank = [-1] * n
+        for r, i in enumerate(sorted((i for i in range(n) if seqs[i] >= 0), key=seqs.__getitem__)):
+            rank[i] = r
+        nodes = list(map(Node, node_ids, kinds, ops, modules, sources, params, outputs, saved,
+                         rank, attrs))
         edges = [Edge(node_ids[s], node_ids[d], o, k,
                       outputs[s][o] if o < len(outputs[s]) else None)
                  for s, d, o, k in raw_edges]
