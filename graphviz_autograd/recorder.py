@@ -34,6 +34,8 @@ from .tracer import SAVED_KEY, raw_saved, trace
 WHAT = ("params", "nodes", "activations")
 SLOT_KEY = "graphviz_autograd.slot"
 MAX_SLOTS = 1_000_000
+VERIFY_EVERY = 100     # re-trace at least every this many recorded steps, even if nothing changed
+_OP_NAMES: dict[type, str] = {}
 _ACT_OPS = ("ReluBackward", "SigmoidBackward", "TanhBackward")
 _OPEN: "weakref.WeakKeyDictionary[torch.nn.Module, Recorder]" = weakref.WeakKeyDictionary()
 
@@ -99,6 +101,8 @@ class Recorder:
         self._logged = 0
         self._last_step: int | None = None
         self.graph = None
+        self._details: list = []        # per creation index: (op, module, source, saved) last seen
+        self._last_sig, self._last_version, self._last_slot_ids, self._unverified = None, None, {}, 0
         self._reset_step()
         self._handles: list = []
         self._tracker = ModuleTracker(self._named, on_output=self._on_module_output)
@@ -122,8 +126,8 @@ class Recorder:
         self._capturing = False
         self._capture_saved = False
         self._capture_thread = None
-        self._slots: list = []          # node slot -> gradient vector (tensor) or None
-        self._slot_ops: list[str] = []
+        self._slots: list = []          # node slot -> its gradient tensors (held until log)
+        self._sig: list[tuple[str, str]] = []   # (op, module) of every node created: the step's shape
         self._node_acts: dict[int, torch.Tensor] = {}
         self._node_handles: list = []
         self._acts: dict[str, torch.Tensor] = {}
@@ -142,7 +146,7 @@ class Recorder:
             return
         self._capturing = True
         self._capture_thread = threading.get_ident()
-        self._capture_saved = not self._versions or self._graph_changed
+        self._capture_saved = False     # switched on by _on_node where this step differs
         torch._C._autograd._push_node_creation_hook(self._on_node)
 
     def _on_forward_end(self, _module, _args, output) -> None:
@@ -152,20 +156,34 @@ class Recorder:
     def _on_node(self, node) -> None:
         try:
             module = self._tracker.current
+            cls = type(node)
+            name = _OP_NAMES.get(cls) or _op_name(node)
+            k = len(self._sig)
+            self._sig.append((name, module))
             meta = node.metadata
-            meta[META_KEY] = (module, _user_frame_location() if self.source else "")
             meta[CALL_KEY] = self._tracker.current_call
-            if hasattr(node, "variable"):
+            known = self._details[k] if k < len(self._details) else None
+            if self._capture_saved or known is None or known[:2] != (name, module):
+                # A new code path from here on (or the first step): read the details a new
+                # graph version needs now, while the saved tensors still exist.
+                self._capture_saved = True
+                source = _user_frame_location() if self.source else ""
+                saved = _step_saved(node, self._logged) if name != "AccumulateGrad" else None
+                if k >= len(self._details):
+                    self._details.extend([None] * (k + 1 - len(self._details)))
+                self._details[k] = (name, module, source, saved)
+            else:                       # same place in the same code path: reuse them
+                source, saved = known[2], known[3]
+            meta[META_KEY] = (module, source)
+            if name == "AccumulateGrad":
                 return
-            if self._capture_saved:
-                node.metadata[SAVED_KEY] = raw_saved(node)
+            if saved is not None:
+                meta[SAVED_KEY] = saved
             if "nodes" not in self.record or len(self._slots) >= MAX_SLOTS:
                 return
             slot = len(self._slots)
             self._slots.append(None)
-            name = node.name()
-            self._slot_ops.append(name)
-            node.metadata[SLOT_KEY] = slot
+            meta[SLOT_KEY] = slot
             self._node_handles.append(node.register_prehook(self._grad_hook(slot)))
             if "activations" in self.record and name.startswith(_ACT_OPS):
                 result = getattr(node, "_saved_result", None)
@@ -178,12 +196,8 @@ class Recorder:
         slots = self._slots
 
         def hook(grad_outputs):
-            try:
-                vecs = [S.grad_vector(g) for g in grad_outputs if g is not None]
-                if vecs and slot < len(slots):
-                    slots[slot] = S.combine(vecs)
-            except Exception as exc:  # noqa: BLE001
-                self._hook_failed(exc)
+            if slot < len(slots):       # reduced in one batch at log(); held until then
+                slots[slot] = [g.detach() for g in grad_outputs if g is not None]
         return hook
 
     def _on_module_output(self, name, module, output) -> None:
@@ -252,29 +266,16 @@ class Recorder:
             self._last_step = step
 
     def _collect(self, step: int, loss):
-        root = loss if isinstance(loss, torch.Tensor) and loss.grad_fn is not None else self._output
-        slot_ids: dict[int, str] = {}
-        version = None
+        sig = tuple(self._sig)
         self._graph_changed = False
-        if root is not None:
-            def visit(fn, node_id):
-                meta = fn.metadata
-                slot = meta.get(SLOT_KEY) if meta else None
-                if slot is not None:
-                    slot_ids[slot] = node_id
-            try:
-                graph = trace(root, model=self._named, saved=self._capture_saved, _visit=visit)
-            except Exception as exc:  # noqa: BLE001 - e.g. an output without a graph
-                self._hook_failed(exc)
-                graph = None
-            if graph is not None:
-                fp = graph.fingerprint()
-                version = self._versions.get(fp)
-                if version is None:
-                    version = self._versions[fp] = self._writer.add_graph(
-                        graph.to_json(), fp, first_step=step, n_nodes=len(graph))
-                    self._graph_changed = True
-                self.graph = graph
+        version, slot_ids = None, {}
+        if sig and sig == self._last_sig and self._unverified < VERIFY_EVERY:
+            version, slot_ids = self._last_version, self._last_slot_ids   # same code path as before
+            self._unverified += 1
+        else:
+            version, slot_ids = self._trace_step(step, loss)
+            self._last_sig, self._last_version, self._last_slot_ids = sig, version, slot_ids
+            self._unverified = 0
         try:
             stats = self._statistics(slot_ids)
         except Exception as exc:  # noqa: BLE001 - e.g. a meta-device model: no data to read back
@@ -282,28 +283,51 @@ class Recorder:
             stats = None
         return version, stats
 
+    def _trace_step(self, step: int, loss):
+        """Trace this step's graph: its version (stored when new) and slot -> node id."""
+        root = loss if isinstance(loss, torch.Tensor) and loss.grad_fn is not None else self._output
+        slot_ids: dict[int, str] = {}
+        if root is None:
+            return None, slot_ids
+
+        def visit(fn, node_id):
+            meta = fn.metadata
+            slot = meta.get(SLOT_KEY) if meta else None
+            if slot is not None:
+                slot_ids[slot] = node_id
+        try:
+            graph = trace(root, model=self._named, saved=True, _visit=visit)
+        except Exception as exc:  # noqa: BLE001 - e.g. an output without a graph
+            self._hook_failed(exc)
+            return None, slot_ids
+        fp = graph.fingerprint()
+        version = self._versions.get(fp)
+        if version is None:
+            version = self._versions[fp] = self._writer.add_graph(
+                graph.to_json(), fp, first_step=step, n_nodes=len(graph))
+            self._graph_changed = True
+        self.graph = graph
+        return version, slot_ids
+
     def _statistics(self, slot_ids: dict[int, str]) -> dict:
-        blocks, owners = [], []
+        groups, owners = [], []
         for slot, node_id in slot_ids.items():
-            vec = self._slots[slot]
-            if vec is not None:
-                blocks.append(vec), owners.append(("node", node_id))
+            grads = self._slots[slot]
+            if grads:
+                groups.append(grads), owners.append(("node", node_id))
         params = [p for _, p in self._params] if "params" in self.record else []
         if params:
-            blocks.extend(S.param_vectors(params))
+            groups.extend([p.grad] if p.grad is not None else [] for p in params)
             owners.extend(("param", n) for n, _ in self._params)
-        flat = torch.stack(blocks).tolist() if blocks else []
         out: dict[str, dict[str, dict]] = {"node": {}, "param": {}, "module": {}}
-        for (kind, key), vec in zip(owners, flat):
-            out[kind][key] = S.grad_stats(vec)
+        for (kind, key), row in zip(owners, S.batch_grad_stats(groups)):
+            out[kind][key] = row if row is not None else {k: None for k in S.GRAD_STATS}
         if params:
             with torch.no_grad():
                 norms = torch.stack(torch._foreach_norm([p.detach() for p in params])).double().tolist()
             updates = self._update_norms.tolist() if self._update_norms is not None else None
             for i, (name, p) in enumerate(self._params):
                 row = out["param"][name]
-                if p.grad is None:
-                    row.update({k: None for k in S.GRAD_STATS})
                 row["param_norm"] = norms[i]
                 if updates is not None:
                     row["update_ratio"] = updates[i] / norms[i] if norms[i] > 0 else math.nan
@@ -363,6 +387,19 @@ class Recorder:
     def __repr__(self) -> str:
         return (f"Recorder({type(self.model).__name__} -> {self.run_dir}, rank {self.rank}/"
                 f"{self.world_size}, every={self.every}, record={sorted(self.record)})")
+
+
+def _step_saved(node, step_token: int):
+    """Saved-tensor metadata of ``node``; storage keys tagged with the step that read them."""
+    tensors, attrs = raw_saved(node)
+    return tuple((n, m, b, (step_token, ptr), f) for n, m, b, ptr, f in tensors), attrs
+
+
+def _op_name(node) -> str:
+    name = node.name().rpartition("::")[2]
+    if type(node).__name__ == name:     # a generic wrapper type may stand for several ops
+        _OP_NAMES[type(node)] = name
+    return name
 
 
 def _finalize(writer: RunWriter) -> None:
