@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from graphviz_autograd.model import Edge, Graph, Node, NodeKind
+from graphviz_autograd.export.collapse import merge_groups
+from graphviz_autograd.model import Graph, Node, NodeKind
 
 AUTO_MAX_NODES = 600           # bigger graphs open with modules folded
 GROUP_PREFIX = "group:"
@@ -82,22 +83,7 @@ def fold(graph: Graph, collapsed=frozenset()) -> View:
                 gid = MODULE_PREFIX + path
                 target[n.id] = gid
                 groups_members.setdefault(gid, []).append(n)
-    nodes: list[Node] = []
-    emitted: set[str] = set()
-    for n in graph.nodes:
-        gid = target.get(n.id)
-        if gid is None:
-            nodes.append(n)
-        elif gid not in emitted:
-            emitted.add(gid)
-            nodes.append(_folded_node(gid, groups_members[gid]))
-    edges: dict[tuple[str, str], Edge] = {}
-    for e in graph.edges:
-        src, dst = target.get(e.src, e.src), target.get(e.dst, e.dst)
-        if src != dst and (src, dst) not in edges:
-            edges[(src, dst)] = Edge(src, dst, e.output_nr, e.input_nr, e.meta)
-    visible = Graph(nodes=tuple(nodes), edges=tuple(edges.values()),
-                    roots=tuple(dict.fromkeys(target.get(r, r) for r in graph.roots)))
+    visible = merge_groups(graph, target, lambda gid: _folded_node(gid, groups_members[gid]))
     view = View(graph=visible, collapsed=collapsed,
                 members={gid: tuple(m.id for m in ms) for gid, ms in groups_members.items()},
                 where={n.id: target.get(n.id, n.id) for n in graph.nodes}, source=graph)

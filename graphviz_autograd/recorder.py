@@ -102,6 +102,7 @@ class Recorder:
         self._last_step: int | None = None
         self.graph = None
         self._details: list = []        # per creation index: (op, module, source, saved) last seen
+        self._before_buf = None         # parameters before optimizer.step(), for ||dw||
         self._last_sig, self._last_version, self._last_slot_ids, self._unverified = None, None, {}, 0
         self._reset_step()
         self._handles: list = []
@@ -214,16 +215,24 @@ class Recorder:
             self._hook_failed(exc)
 
     def _before_opt_step(self, _opt, _args, _kwargs) -> None:
-        if self._capturing:
-            with torch.no_grad():
-                self._before = [p.detach().clone() for _, p in self._params]
+        if not self._capturing:
+            return
+        with torch.no_grad():           # one buffer reused across steps: no allocation per step
+            now = [p.detach() for _, p in self._params]
+            buf = self._before_buf
+            if buf is None or len(buf) != len(now) or any(b.shape != p.shape or b.dtype != p.dtype
+                                                         for b, p in zip(buf, now)):
+                buf = self._before_buf = [p.clone() for p in now]
+            else:
+                torch._foreach_copy_(buf, now)
+            self._before = buf
 
     def _after_opt_step(self, _opt, _args, _kwargs) -> None:
         if self._before is None:
             return
         with torch.no_grad():
-            deltas = torch._foreach_sub([p.detach() for _, p in self._params], self._before)
-            self._update_norms = torch.stack(torch._foreach_norm(deltas)).double()
+            torch._foreach_sub_(self._before, [p.detach() for _, p in self._params])   # -(w_after - w_before)
+            self._update_norms = torch.stack(torch._foreach_norm(self._before)).double()
         self._before = None
 
     def _hook_failed(self, exc: Exception) -> None:
@@ -369,6 +378,7 @@ class Recorder:
             self._end_capture()
         finally:
             self._remove_hooks()
+            self._before_buf = None
             _OPEN.pop(self.model, None)
             self._writer.close()
 

@@ -179,7 +179,8 @@ def batch_grad_stats(groups: list[list[torch.Tensor]]) -> list[dict[str, float] 
         return out
     with torch.no_grad():
         norms = torch.stack(torch._foreach_norm(flat)).double()
-        absmax = torch.stack(torch._foreach_max(torch._foreach_abs(flat))).double()
+        lo_hi = [torch.aminmax(f) for f in flat]           # no |f| copy of every gradient
+        absmax = torch.stack([torch.maximum(-lo, hi) for lo, hi in lo_hi]).double()
         sums = torch.stack([f.sum() for f in flat]).double()
         nonzero = torch.stack([nonzero_count(f) for f in flat])
         n2, am, sm, nz = torch.stack([norms, absmax, sums, nonzero]).tolist()

@@ -52,7 +52,7 @@ def collapse(graph: Graph, depth: int) -> Graph:
                     outputs=_last_outputs(members), seq=min(seqs) if seqs else -1,
                     saved=tuple(sv for m in members for sv in m.saved),
                     attrs=(("nodes", str(len(members))), ("params", str(n_params)), ("ops", top)))
-    return _merge(graph, target, module_node)
+    return merge_groups(graph, target, module_node)
 
 
 def _last_outputs(members: list[Node]):
@@ -136,10 +136,10 @@ def fold_repeats(graph: Graph, min_calls: int = 3) -> Graph:
                     outputs=_last_outputs(members), seq=min(m.seq for m in members),
                     attrs=(("nodes", str(len(members))), ("params", "0"),
                            ("ops", f"x{last - first + 1} calls ({first}-{last}), {per_call} ops each")))
-    return _merge(graph, target, repeat_node)
+    return merge_groups(graph, target, repeat_node)
 
 
-def _merge(graph: Graph, target: dict[str, str], make_node) -> Graph:
+def merge_groups(graph: Graph, target: dict[str, str], make_node) -> Graph:
     """Replace each group of nodes (``target``: node id -> group id) by ``make_node(gid)``,
     at the place of its first member; edges are remapped, deduplicated, self-loops dropped."""
     nodes: list[Node] = []
@@ -156,4 +156,5 @@ def _merge(graph: Graph, target: dict[str, str], make_node) -> Graph:
         src, dst = target.get(e.src, e.src), target.get(e.dst, e.dst)
         if src != dst:
             edges.setdefault((src, dst), Edge(src, dst, e.output_nr, e.input_nr, e.meta))
-    return Graph(nodes=tuple(nodes), edges=tuple(edges.values()), roots=graph.roots)
+    roots = tuple(dict.fromkeys(target.get(r, r) for r in graph.roots))
+    return Graph(nodes=tuple(nodes), edges=tuple(edges.values()), roots=roots)
