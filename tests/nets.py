@@ -6,6 +6,20 @@ import torch.nn.functional as F
 from examples.models import LeNet5  # noqa: E402  (the same network the examples train)
 
 
+class Square(torch.autograd.Function):
+    """A custom autograd.Function that saves its input: y = x**2."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
 def lenet_loss(net=None, batch=4, seed=0):
     torch.manual_seed(seed)
     net = net or LeNet5()

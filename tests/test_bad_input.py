@@ -35,6 +35,7 @@ from graphviz_autograd.export import dot as dotmod
 from graphviz_autograd.store import STORE_SCHEMA_VERSION, store_filename
 from fuzz_graphs import networkx_structure, reference_structure
 from nets import reference_walk
+from nets import Square  # a custom autograd.Function (saves its input)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -628,18 +629,6 @@ def test_recorder_on_a_model_with_integer_output(tmp_path):
             rec.log(0)
     run = ga.open_run(tmp_path / "run")
     assert run.steps() == [0] and run.graph_versions() == []
-
-
-class Square(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return 2 * x * grad
 
 
 class Odd(nn.Module):

@@ -10,7 +10,7 @@ import torch.nn as nn
 import graphviz_autograd as ga
 from graphviz_autograd.errors import NotDifferentiableError, TraceInputError
 from graphviz_autograd.model import NodeKind
-from nets import LeNet5, lenet_loss, reference_walk
+from nets import LeNet5, Square, lenet_loss, reference_walk
 
 
 def reference_keys(outputs, model):
@@ -157,18 +157,6 @@ def test_freed_graph_is_traced_with_saved_marked_freed():
     conv = g.node("conv1/ConvolutionBackward0:0")
     assert conv.saved and all(s.freed for s in conv.saved)
     assert len(g) == len(ga.trace(lenet_loss()[1], model=LeNet5()))
-
-
-class Square(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return 2 * x * grad
 
 
 def test_custom_autograd_function():
