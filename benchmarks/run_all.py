@@ -22,7 +22,7 @@ SCRIPTS = {
     "bench_dashboard.py": [],
 }
 SMOKE = {"bench_trace.py": ["--smoke"], "bench_render.py": ["--smoke"],
-         "bench_recorder.py": ["--steps", "2", "--rounds", "1"],
+         "bench_recorder.py": ["--steps", "2", "--rounds", "1", "--warmup", "1"],
          "bench_store.py": ["--keys", "20", "--write-steps", "50", "--read-keys", "2", "--read-steps", "500"],
          "bench_dashboard.py": ["--smoke"], "bench_memory.py": ["--steps", "20"]}
 

@@ -69,6 +69,10 @@ class ModuleTracker:
         """1 for the first forward call of the current module, 2 for the next, ...; 0 outside."""
         return self.call_stack[-1] if self.call_stack else 0
 
+    @property
+    def installed(self) -> bool:
+        return bool(self._handles)
+
     def install(self) -> "ModuleTracker":
         try:
             for name, module in self.model.named_modules():

@@ -102,7 +102,7 @@ class Recorder:
         self._last_step: int | None = None
         self.graph = None
         self._details: list = []        # per creation index: (op, module, source, saved) last seen
-        self._before_buf = None         # parameters before optimizer.step(), for ||dw||
+        self._updates = S.UpdateNorms([p for _, p in self._params])   # ||w_after - w_before||
         self._last_sig, self._last_version, self._last_slot_ids, self._unverified = None, None, {}, 0
         self._reset_step()
         self._handles: list = []
@@ -127,11 +127,11 @@ class Recorder:
         self._capturing = False
         self._capture_saved = False
         self._capture_thread = None
-        self._slots: list = []          # node slot -> its gradient tensors (held until log)
+        self._slots: list = []          # node slot -> gradient rows of its outputs
         self._sig: list[tuple[str, str]] = []   # (op, module) of every node created: the step's shape
-        self._node_acts: dict[int, torch.Tensor] = {}
+        self._node_acts: dict = {}      # node slot -> activation row (ReLU/sigmoid/tanh outputs)
         self._node_handles: list = []
-        self._acts: dict[str, torch.Tensor] = {}
+        self._acts: dict[str, list] = {}     # module -> activation rows of its calls
         self._output = None
         self._before = None
         self._update_norms = None
@@ -147,6 +147,7 @@ class Recorder:
             return
         self._capturing = True
         self._capture_thread = threading.get_ident()
+        self._tracker.calls.clear()     # call numbers count within this step
         self._capture_saved = False     # switched on by _on_node where this step differs
         torch._C._autograd._push_node_creation_hook(self._on_node)
 
@@ -189,7 +190,7 @@ class Recorder:
             if "activations" in self.record and name.startswith(_ACT_OPS):
                 result = getattr(node, "_saved_result", None)
                 if isinstance(result, torch.Tensor):
-                    self._node_acts[slot] = S.act_vector(result, S.saturation_kind(name))
+                    self._node_acts[slot] = S.act_row(result, S.saturation_kind(name))
         except Exception as exc:  # noqa: BLE001 - a recorder must never break training
             self._hook_failed(exc)
 
@@ -197,8 +198,11 @@ class Recorder:
         slots = self._slots
 
         def hook(grad_outputs):
-            if slot < len(slots):       # reduced in one batch at log(); held until then
-                slots[slot] = [g.detach() for g in grad_outputs if g is not None]
+            if slot < len(slots):       # reduced now (so the gradient can be freed), read back at log()
+                try:
+                    slots[slot] = [S.grad_row(g) for g in grad_outputs if g is not None]
+                except Exception as exc:  # noqa: BLE001 - never break the backward pass
+                    self._hook_failed(exc)
         return hook
 
     def _on_module_output(self, name, module, output) -> None:
@@ -208,32 +212,19 @@ class Recorder:
         if not isinstance(t, torch.Tensor) or not (t.is_floating_point() or t.is_complex()):
             return
         try:
-            vec = S.act_vector(t, S.saturation_kind(type(module).__name__))
-            prev = self._acts.get(name)
-            self._acts[name] = vec if prev is None else prev + vec
+            self._acts.setdefault(name, []).append(S.act_row(t, S.saturation_kind(type(module).__name__)))
         except Exception as exc:  # noqa: BLE001
             self._hook_failed(exc)
 
     def _before_opt_step(self, _opt, _args, _kwargs) -> None:
-        if not self._capturing:
-            return
-        with torch.no_grad():           # one buffer reused across steps: no allocation per step
-            now = [p.detach() for _, p in self._params]
-            buf = self._before_buf
-            if buf is None or len(buf) != len(now) or any(b.shape != p.shape or b.dtype != p.dtype
-                                                         for b, p in zip(buf, now)):
-                buf = self._before_buf = [p.clone() for p in now]
-            else:
-                torch._foreach_copy_(buf, now)
-            self._before = buf
+        if self._capturing:
+            self._updates.before()
+            self._before = True
 
     def _after_opt_step(self, _opt, _args, _kwargs) -> None:
-        if self._before is None:
-            return
-        with torch.no_grad():
-            torch._foreach_sub_(self._before, [p.detach() for _, p in self._params])   # -(w_after - w_before)
-            self._update_norms = torch.stack(torch._foreach_norm(self._before)).double()
-        self._before = None
+        if self._before:
+            self._update_norms = self._updates.after()
+            self._before = None
 
     def _hook_failed(self, exc: Exception) -> None:
         if not getattr(self, "_warned", False):
@@ -273,6 +264,18 @@ class Recorder:
             self._end_capture()
             self._logged += 1
             self._last_step = step
+            self._arm()
+
+    def _arm(self) -> None:
+        """Module hooks only around recorded steps: unrecorded ones run at full speed."""
+        want = not self._closed and self._recording_this_step()
+        if want and not self._tracker.installed:
+            try:
+                self._tracker.install()
+            except Exception as exc:  # noqa: BLE001 - the next step just records no modules
+                self._hook_failed(exc)
+        elif not want and self._tracker.installed:
+            self._tracker.remove()
 
     def _collect(self, step: int, loss):
         sig = tuple(self._sig)
@@ -319,37 +322,38 @@ class Recorder:
         return version, slot_ids
 
     def _statistics(self, slot_ids: dict[int, str]) -> dict:
-        groups, owners = [], []
+        # Every row of the step, read back at once: [(kind, key, "grad" | "act", first, count)].
+        rows, spans = [], []
+
+        def add(kind, key, what, group):
+            spans.append((kind, key, what, len(rows), len(group)))
+            rows.extend(group)
         for slot, node_id in slot_ids.items():
-            grads = self._slots[slot]
-            if grads:
-                groups.append(grads), owners.append(("node", node_id))
+            if self._slots[slot]:
+                add("node", node_id, "grad", self._slots[slot])
+            if slot in self._node_acts:
+                add("node", node_id, "act", [self._node_acts[slot]])
         params = [p for _, p in self._params] if "params" in self.record else []
-        if params:
-            groups.extend([p.grad] if p.grad is not None else [] for p in params)
-            owners.extend(("param", n) for n, _ in self._params)
+        for name, p in self._params if params else ():
+            add("param", name, "grad", [S.grad_row(p.grad)])
+        for name, group in self._acts.items():
+            add("module", name, "act", group)
+        rows = S.read_rows(rows)
         out: dict[str, dict[str, dict]] = {"node": {}, "param": {}, "module": {}}
-        for (kind, key), row in zip(owners, S.batch_grad_stats(groups)):
-            out[kind][key] = row if row is not None else {k: None for k in S.GRAD_STATS}
+        for kind, key, what, first, count in spans:
+            part = rows[first:first + count]
+            if what == "grad":
+                out[kind][key] = S.grad_stats(part) or {k: None for k in S.GRAD_STATS}
+            else:
+                out[kind].setdefault(key, {}).update(S.act_stats(part))
         if params:
-            with torch.no_grad():
-                norms = torch.stack(torch._foreach_norm([p.detach() for p in params])).double().tolist()
-            updates = self._update_norms.tolist() if self._update_norms is not None else None
+            norms = [math.sqrt(v) for v in S.sq_norms(params, self._updates.params.get())]
+            updates = self._update_norms
             for i, (name, p) in enumerate(self._params):
                 row = out["param"][name]
                 row["param_norm"] = norms[i]
                 if updates is not None:
-                    row["update_ratio"] = updates[i] / norms[i] if norms[i] > 0 else math.nan
-        if self._node_acts:
-            acts = torch.stack(list(self._node_acts.values())).tolist()
-            for slot, vec in zip(self._node_acts, acts):
-                node_id = slot_ids.get(slot)
-                if node_id is not None:
-                    out["node"].setdefault(node_id, {}).update(_drop_none(S.act_stats(vec)))
-        if self._acts:
-            acts = torch.stack(list(self._acts.values())).tolist()
-            for name, vec in zip(self._acts, acts):
-                out["module"][name] = _drop_none(S.act_stats(vec))
+                    row["update_ratio"] = math.sqrt(updates[i]) / norms[i] if norms[i] > 0 else math.nan
         return {kind: list(rows.items()) for kind, rows in out.items() if rows}
 
     def _end_capture(self) -> None:
@@ -378,7 +382,7 @@ class Recorder:
             self._end_capture()
         finally:
             self._remove_hooks()
-            self._before_buf = None
+            self._updates.clear()
             _OPEN.pop(self.model, None)
             self._writer.close()
 
@@ -417,10 +421,6 @@ def _finalize(writer: RunWriter) -> None:
         writer.close()
     except Exception:  # noqa: BLE001 - at interpreter exit, best effort
         pass
-
-
-def _drop_none(d: dict) -> dict:
-    return {k: v for k, v in d.items() if v is not None}
 
 
 def _scalar(name: str, value) -> float:

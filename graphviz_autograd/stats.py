@@ -1,16 +1,25 @@
-"""Gradient and activation statistics, computed as tensors and read back once per step.
+"""Gradient and activation statistics, computed in as few calls as possible.
 
-Each tensor is reduced in four fast passes (``dot``, ``sum``, ``aminmax``,
-``count_nonzero``) into a small vector; NaN/Inf are counted only when that
-vector shows a non-finite value (on CPU reading one float back is cheap; on
-other devices the counts are always computed to avoid a sync per tensor). The
-vectors of a step are stacked and turned into Python floats with one
-``tolist()``.
+Each tensor becomes a *row* of sums (sum of squares, sum, |max|, non-zeros, ...)
+as soon as it is seen, so the tensor itself can be freed:
+
+- small CPU tensors (at most :data:`SMALL` elements, float32/float64) are reduced
+  with NumPy on a zero-copy view: a NumPy call costs ~1-2 µs where a torch op
+  costs 5-10 µs (more when it wakes torch's thread pool), and on small models
+  the number of calls is the cost. Dot products go through BLAS only up to
+  10,000 elements, where OpenBLAS stays on the calling thread; above that
+  ``einsum`` does, so NumPy never starts threads that compete with torch's.
+- larger tensors, other dtypes and other devices are reduced with torch ops
+  into a small float64 tensor; :func:`read_rows` reads all of those back with
+  one ``tolist()`` (one device sync per step).
+
+Zero counts are estimated from an evenly strided sample above 65,536 elements;
+NaN/Inf are counted where the norm is not finite (always on accelerators, to
+avoid a sync per tensor).
 
 Example:
     >>> import torch
-    >>> vec = grad_vector(torch.tensor([3.0, 0.0, -4.0]))
-    >>> s = grad_stats(vec.tolist())
+    >>> [s] = batch_grad_stats([[torch.tensor([3.0, 0.0, -4.0])]])
     >>> s["grad_norm"], s["grad_absmax"], round(s["grad_zero_frac"], 3)
     (5.0, 4.0, 0.333)
 """
@@ -18,18 +27,18 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
-
-# Layout of a gradient vector.
-SS, SUM, MIN, MAX, NONZERO, NAN, INF, NUMEL = range(8)
-GRAD_LEN = 8
-# Layout of an activation vector.
-A_SUM, A_SS, A_NONZERO, A_SAT, A_NUMEL = range(5)
-ACT_LEN = 5
 
 GRAD_STATS = ("grad_norm", "grad_mean", "grad_std", "grad_absmax", "grad_zero_frac",
               "grad_nan", "grad_inf")
 ACT_STATS = ("act_mean", "act_std", "act_zero_frac", "act_sat_frac")
+# A gradient row: sum of squares, sum, |max|, non-zeros, NaNs, Infs, numel.
+# An activation row: sum, sum of squares, non-zeros, saturated (-1: not applicable), numel.
+SMALL = 65_536             # at most this many elements: NumPy on the CPU
+_BLAS_MAX = 10_000         # OpenBLAS uses threads above this; einsum stays on this thread
+EXACT_COUNT_MAX = 65_536   # above this many elements, zero fractions are estimated from a sample
+_NUMPY_DTYPES = (torch.float32, torch.float64)
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -43,102 +52,161 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1)
 
 
-EXACT_COUNT_MAX = 65_536   # above this many elements, zero fractions are estimated from a sample
+def _sample_stride(n: int) -> int:
+    # odd, so the sample does not alias with power-of-two layouts; error of the fraction ~0.4%
+    return (n // EXACT_COUNT_MAX) | 1
 
 
 def nonzero_count(f: torch.Tensor) -> torch.Tensor:
-    """Non-zero elements of flat ``f`` as a float64 0-d tensor.
+    """Non-zero elements of flat ``f`` as a float64 0-d tensor (sampled above 65,536 elements).
 
     Counting is the slowest reduction here (a full pass that cannot vectorise
-    like a sum), so above :data:`EXACT_COUNT_MAX` elements it is estimated from
-    an evenly strided sample of about that many elements (odd stride, so it does
-    not alias with power-of-two layouts); the error of the fraction is ~0.4%.
+    like a sum), so large tensors are sampled with an odd stride.
     """
     n = f.numel()
     if n <= EXACT_COUNT_MAX:
         return (f != 0).sum().double()
-    stride = (n // EXACT_COUNT_MAX) | 1
-    sample = f[::stride]
+    sample = f[::_sample_stride(n)]
     return (sample != 0).sum().double() * (n / sample.numel())
 
 
-def grad_vector(t: torch.Tensor) -> torch.Tensor:
-    """The 8 reductions of one gradient tensor, as a float64 tensor (no sync on GPU)."""
-    f = _flat(t)
-    n = f.numel()
-    if n == 0:
-        return torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)
-    ss = torch.dot(f, f) if f.dtype in (torch.float32, torch.float64) else f.double().pow(2).sum()
-    lo, hi = torch.aminmax(f)
-    if f.device.type == "cpu":
-        finite = math.isfinite(float(ss))
+_ONES: dict = {}
+
+
+def _ones(dtype, n: int) -> np.ndarray:
+    ones = _ONES.get(dtype)
+    if ones is None or ones.size < n:
+        ones = _ONES[dtype] = np.ones(max(n, _BLAS_MAX), dtype)
+    return ones[:n]
+
+
+def _as_numpy(t: torch.Tensor) -> np.ndarray | None:
+    """A flat zero-copy NumPy view of a dense CPU float tensor; None when there is none."""
+    if t.device.type != "cpu" or t.dtype not in _NUMPY_DTYPES or t.layout is not torch.strided:
+        return None
+    try:
+        return t.detach().numpy().reshape(-1)
+    except (RuntimeError, TypeError):   # e.g. a tensor with the negative or conjugate bit set
+        return None
+
+
+def _small(t: torch.Tensor) -> np.ndarray | None:
+    return _as_numpy(t) if t.numel() <= SMALL else None
+
+
+def _np_ss(a: np.ndarray) -> float:
+    """Sum of squares of flat ``a``, without waking OpenBLAS threads."""
+    return float(np.dot(a, a) if a.size <= _BLAS_MAX else np.einsum("i,i->", a, a))
+
+
+def _np_sums(a: np.ndarray) -> tuple[float, float]:
+    """Sum of squares and sum of flat ``a``."""
+    total = np.dot(a, _ones(a.dtype, a.size)) if a.size <= _BLAS_MAX else np.einsum("i->", a)
+    return _np_ss(a), float(total)
+
+
+def grad_row(t: torch.Tensor | None):
+    """The reductions of one gradient: a list of floats, a pending float64 tensor, or None if empty."""
+    if t is None or not t.numel():
+        return None
+    a = _small(t)
+    if a is not None:
+        ss, total = _np_sums(a)
+        lo, hi = float(a.min()), float(a.max())
         nan = inf = 0.0
-        if not finite:
-            nan = float(torch.isnan(f).sum())
-            inf = float(torch.isinf(f).sum())
-        counts = torch.tensor([nan, inf], dtype=torch.float64)
-    else:  # pragma: no cover - needs an accelerator
-        counts = torch.stack([torch.isnan(f).sum(), torch.isinf(f).sum()]).double()
-    return torch.cat([torch.stack([ss.double(), f.sum().double(), lo.double(), hi.double(),
-                                   torch.count_nonzero(f).double()]),
-                      counts.to(f.device), torch.tensor([float(n)], dtype=torch.float64, device=f.device)])
+        if not math.isfinite(ss):
+            nan, inf = float(np.isnan(a).sum()), float(np.isinf(a).sum())
+        return [ss, total, math.nan if lo != lo or hi != hi else max(-lo, hi),
+                float(np.count_nonzero(a)), nan, inf, float(a.size)]
+    f = _flat(t)
+    with torch.no_grad():
+        d = f if f.dtype in _NUMPY_DTYPES else f.double()
+        ss = torch.dot(d, d).double()
+        lo, hi = torch.aminmax(f)
+        if f.device.type == "cpu" and math.isfinite(float(ss)):
+            counts = (ss.new_zeros(()), ss.new_zeros(()))
+        else:
+            counts = (torch.isnan(f).sum().double(), torch.isinf(f).sum().double())
+        return torch.stack([ss, d.sum().double(), torch.maximum(-lo, hi).double(), nonzero_count(f),
+                            *counts, ss.new_tensor(float(f.numel()))])
 
 
-def combine(vectors: list[torch.Tensor]) -> torch.Tensor:
-    """One vector for several tensors (a node with several gradient outputs)."""
-    if len(vectors) == 1:
-        return vectors[0]
-    m = torch.stack(vectors)
-    out = m.sum(0)
-    out[MIN] = m[:, MIN].min()
-    out[MAX] = m[:, MAX].max()
-    return out
-
-
-def grad_stats(v: list[float]) -> dict[str, float]:
-    """Readable statistics from one (already ``tolist()``-ed) gradient vector."""
-    n = v[NUMEL]
-    if n <= 0:
-        return {k: 0.0 for k in GRAD_STATS}
-    ss, s = v[SS], v[SUM]
-    mean = s / n
-    var = (ss - n * mean * mean) / (n - 1) if n > 1 else 0.0
-    std = math.sqrt(var) if var > 0 else (var if math.isnan(var) else 0.0)
-    absmax = max(abs(v[MIN]), abs(v[MAX])) if not (math.isnan(v[MIN]) or math.isnan(v[MAX])) else math.nan
-    return {"grad_norm": math.sqrt(ss) if ss >= 0 else math.nan, "grad_mean": mean, "grad_std": std,
-            "grad_absmax": absmax, "grad_zero_frac": 1.0 - v[NONZERO] / n,
-            "grad_nan": v[NAN], "grad_inf": v[INF]}
-
-
-def act_vector(t: torch.Tensor, saturation: str | None) -> torch.Tensor:
-    """Reductions of an activation: sum, sum of squares, non-zeros, saturated count, numel.
+def act_row(t: torch.Tensor, saturation: str | None):
+    """The reductions of one activation (see :func:`grad_row` for the forms it takes).
 
     ``saturation`` is ``"tanh"`` (|y| > 0.99), ``"sigmoid"`` (y < 0.01 or y > 0.99) or None.
     """
+    if not t.numel():
+        return None
+    a = _small(t)
+    if a is not None:
+        if saturation == "tanh":
+            sat = float(np.count_nonzero(np.abs(a) > 0.99))
+        elif saturation == "sigmoid":
+            sat = float(np.count_nonzero((a < 0.01) | (a > 0.99)))
+        else:
+            sat = -1.0
+        ss, total = _np_sums(a)
+        return [total, ss, float(np.count_nonzero(a)), sat, float(a.size)]
     f = _flat(t)
-    n = f.numel()
-    if n == 0:
-        return torch.zeros(ACT_LEN, dtype=torch.float64)
-    if saturation == "tanh":
-        sat = (f.abs() > 0.99).sum().double()
-    elif saturation == "sigmoid":
-        sat = ((f < 0.01) | (f > 0.99)).sum().double()
-    else:
-        sat = torch.tensor(-1.0, dtype=torch.float64)
-    ss = torch.dot(f, f) if f.dtype in (torch.float32, torch.float64) else f.double().pow(2).sum()
-    return torch.stack([f.sum().double(), ss.double(), nonzero_count(f), sat,
-                        torch.tensor(float(n), dtype=torch.float64)])
+    with torch.no_grad():
+        if saturation == "tanh":
+            sat = (f.abs() > 0.99).sum().double()
+        elif saturation == "sigmoid":
+            sat = ((f < 0.01) | (f > 0.99)).sum().double()
+        else:
+            sat = torch.tensor(-1.0, dtype=torch.float64, device=f.device)
+        d = f if f.dtype in _NUMPY_DTYPES else f.double()
+        return torch.stack([d.sum().double(), torch.dot(d, d).double(), nonzero_count(f), sat,
+                            sat.new_tensor(float(f.numel()))])
 
 
-def act_stats(v: list[float]) -> dict[str, float | None]:
-    n = v[A_NUMEL]
-    if n <= 0:
-        return {k: None for k in ACT_STATS}
-    mean = v[A_SUM] / n
-    var = (v[A_SS] - n * mean * mean) / (n - 1) if n > 1 else 0.0
-    return {"act_mean": mean, "act_std": math.sqrt(var) if var > 0 else 0.0,
-            "act_zero_frac": 1.0 - v[A_NONZERO] / n,
-            "act_sat_frac": None if v[A_SAT] < 0 else v[A_SAT] / n}
+def read_rows(rows: list) -> list:
+    """``rows`` with every pending tensor row turned into floats, with one ``tolist()``."""
+    pending = [i for i, r in enumerate(rows) if isinstance(r, torch.Tensor)]
+    if not pending:
+        return rows
+    out = list(rows)
+    by_device: dict = {}
+    for i in pending:
+        by_device.setdefault(rows[i].device, []).append(i)
+    for idx in by_device.values():           # one sync per device
+        values, k = torch.cat([rows[i] for i in idx]).tolist(), 0
+        for i in idx:
+            n = rows[i].numel()
+            out[i], k = values[k:k + n], k + n
+    return out
+
+
+def grad_stats(rows: list) -> dict[str, float] | None:
+    """Readable statistics of the elements of several gradient rows together (None if none)."""
+    rows = [r for r in rows if r is not None]
+    if not rows:
+        return None
+    ss, s, amax, nzc, nan, inf, n = rows[0]
+    for r in rows[1:]:
+        ss, s, nzc, nan, inf, n = ss + r[0], s + r[1], nzc + r[3], nan + r[4], inf + r[5], n + r[6]
+        amax = r[2] if math.isnan(r[2]) or r[2] > amax else amax
+    mean = s / n
+    var = (ss - n * mean * mean) / (n - 1) if n > 1 else 0.0
+    std = math.sqrt(var) if var > 0 else (var if math.isnan(var) else 0.0)
+    return {"grad_norm": math.sqrt(ss) if ss >= 0 else math.nan, "grad_mean": mean,
+            "grad_std": std, "grad_absmax": amax, "grad_zero_frac": 1.0 - nzc / n,
+            "grad_nan": nan, "grad_inf": inf}
+
+
+def act_stats(rows: list) -> dict[str, float]:
+    """Readable statistics of one or more activation rows together (missing ones left out)."""
+    rows = [r for r in rows if r is not None]
+    if not rows:
+        return {}
+    s, ss, nz, sat, n = (sum(col) for col in zip(*rows))
+    mean = s / n
+    var = (ss - n * mean * mean) / (n - 1) if n > 1 else 0.0
+    out = {"act_mean": mean, "act_std": math.sqrt(var) if var > 0 else 0.0, "act_zero_frac": 1.0 - nz / n}
+    if all(r[3] >= 0 for r in rows):
+        out["act_sat_frac"] = sat / n
+    return out
 
 
 def saturation_kind(op_or_module: str) -> str | None:
@@ -151,55 +219,104 @@ def saturation_kind(op_or_module: str) -> str | None:
     return None
 
 
-def param_vectors(params: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Gradient vectors of parameters (zeros vector when ``.grad`` is None)."""
-    return [grad_vector(p.grad) if p.grad is not None else torch.zeros(GRAD_LEN, dtype=torch.float64)
-            for p in params]
-
-
 def batch_grad_stats(groups: list[list[torch.Tensor]]) -> list[dict[str, float] | None]:
-    """Gradient statistics for many tensors at once: one dict per group (None for an empty group).
-
-    A group is the gradients of one parameter or one autograd node (several
-    outputs). ``torch._foreach_*`` kernels reduce every tensor in a handful of
-    calls and one ``tolist()`` reads everything back; NaN/Inf are counted only
-    for groups whose norm is not finite.
-    """
-    flat: list[torch.Tensor] = []
-    owner: list[int] = []
-    for gi, group in enumerate(groups):
-        for t in group:
-            if t is not None:
-                f = _flat(t)
-                if f.numel():
-                    flat.append(f)
-                    owner.append(gi)
-    out: list[dict[str, float] | None] = [None] * len(groups)
-    if not flat:
-        return out
-    with torch.no_grad():
-        norms = torch.stack(torch._foreach_norm(flat)).double()
-        lo_hi = [torch.aminmax(f) for f in flat]           # no |f| copy of every gradient
-        absmax = torch.stack([torch.maximum(-lo, hi) for lo, hi in lo_hi]).double()
-        sums = torch.stack([f.sum() for f in flat]).double()
-        nonzero = torch.stack([nonzero_count(f) for f in flat])
-        n2, am, sm, nz = torch.stack([norms, absmax, sums, nonzero]).tolist()
-    acc: dict[int, list[float]] = {}
-    for k, gi in enumerate(owner):
-        a = acc.setdefault(gi, [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])   # ss, sum, absmax, nz, n, nan, inf
-        a[0] += n2[k] * n2[k]
-        a[1] += sm[k]
-        a[2] = am[k] if math.isnan(am[k]) or am[k] > a[2] else a[2]
-        a[3] += nz[k]
-        a[4] += flat[k].numel()
-        if not math.isfinite(n2[k]):
-            a[5] += float(torch.isnan(flat[k]).sum())
-            a[6] += float(torch.isinf(flat[k]).sum())
-    for gi, (ss, s, amax, nzc, n, nan, inf) in acc.items():
-        mean = s / n
-        var = (ss - n * mean * mean) / (n - 1) if n > 1 else 0.0
-        std = math.sqrt(var) if var > 0 else (var if math.isnan(var) else 0.0)
-        out[gi] = {"grad_norm": math.sqrt(ss) if ss >= 0 else math.nan, "grad_mean": mean,
-                   "grad_std": std, "grad_absmax": amax, "grad_zero_frac": 1.0 - nzc / n,
-                   "grad_nan": nan, "grad_inf": inf}
+    """Gradient statistics of many groups of tensors (one parameter's or one node's gradients)."""
+    rows = [[grad_row(t) for t in group] for group in groups]
+    flat = read_rows([r for group in rows for r in group])
+    out, k = [], 0
+    for group in rows:
+        out.append(grad_stats(flat[k:k + len(group)]))
+        k += len(group)
     return out
+
+
+def sq_norms(tensors: list[torch.Tensor], views: list | None = None) -> list[float]:
+    """Squared L2 norms of many tensors (NumPy on the CPU, one sync otherwise).
+
+    ``views``: their flat NumPy views when already known (see :class:`TensorViews`).
+    """
+    out: list[float | None] = []
+    slow = []
+    for i, t in enumerate(tensors):
+        a = views[i] if views is not None else _as_numpy(t)
+        if a is None:
+            slow.append(i)
+            out.append(None)
+        else:
+            out.append(_np_ss(a))
+    if slow:
+        with torch.no_grad():
+            norms = torch.stack([n.double().cpu() for n in torch._foreach_norm([tensors[i].detach() for i in slow])])
+        for i, v in zip(slow, norms.tolist()):
+            out[i] = v * v
+    return out
+
+
+class TensorViews:
+    """Flat NumPy views of a fixed list of tensors (the parameters), rebuilt only when a storage moves.
+
+    ``generation`` counts rebuilds, so users of the views know when to rebuild their own buffers.
+    """
+
+    def __init__(self, tensors: list[torch.Tensor]):
+        self.tensors = tensors
+        self.generation = 0
+        self._ptrs: list[int] | None = None
+        self._views: list = []
+
+    def get(self) -> list:
+        ptrs = [t.data_ptr() for t in self.tensors]
+        if ptrs != self._ptrs:
+            self._views = [_as_numpy(t) for t in self.tensors]
+            self._ptrs = ptrs
+            self.generation += 1
+        return self._views
+
+
+class UpdateNorms:
+    """``||w_before - w_after||^2`` of every parameter across one ``optimizer.step()``.
+
+    One buffer, allocated once, holds the parameters before the step.
+    """
+
+    def __init__(self, params: list[torch.Tensor]):
+        self.params = TensorViews(params)
+        self._buf: list[torch.Tensor] = []
+        self._buf_np: list = []
+        self._generation = -1
+
+    def before(self) -> None:
+        params, views = self.params.tensors, self.params.get()
+        if self._generation != self.params.generation:
+            with torch.no_grad():
+                self._buf = [p.detach().clone(memory_format=torch.contiguous_format) for p in params]
+            self._buf_np = [_as_numpy(b) for b in self._buf]
+            self._generation = self.params.generation
+            return
+        rest_dst, rest_src = [], []
+        for b, bn, p, pn in zip(self._buf, self._buf_np, params, views):
+            if bn is not None and pn is not None:
+                np.copyto(bn, pn)
+            else:
+                rest_dst.append(b), rest_src.append(p.detach())
+        if rest_dst:
+            with torch.no_grad():
+                torch._foreach_copy_(rest_dst, rest_src)
+
+    def after(self) -> list[float]:
+        params, views = self.params.tensors, self.params.get()
+        if self._generation != self.params.generation:     # moved during the step: no update to measure
+            return [math.nan] * len(params)
+        rest_buf, rest_now = [], []
+        for b, bn, p, pn in zip(self._buf, self._buf_np, params, views):
+            if bn is not None and pn is not None:
+                np.subtract(bn, pn, out=bn)
+            else:
+                rest_buf.append(b), rest_now.append(p.detach())
+        if rest_buf:
+            with torch.no_grad():
+                torch._foreach_sub_(rest_buf, rest_now)
+        return sq_norms(self._buf, self._buf_np)
+
+    def clear(self) -> None:
+        self._buf, self._buf_np, self._generation = [], [], -1
