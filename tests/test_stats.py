@@ -1,0 +1,116 @@
+"""Gradient and activation reductions against torch computed independently, for every tensor
+form a backward pass hands out: transposed, permuted, strided and expanded views, half
+precision, NaN/Inf, empty, and tensors large enough for sampled zero counts."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from graphviz_autograd import stats as S
+
+
+def expected(t: torch.Tensor) -> dict:
+    f = t.detach().double().reshape(-1)
+    n = f.numel()
+    return {"grad_norm": f.norm().item(), "grad_mean": f.mean().item(),
+            "grad_std": f.std().item() if n > 1 else 0.0, "grad_absmax": f.abs().max().item(),
+            "grad_zero_frac": (f == 0).double().mean().item(),
+            "grad_nan": 0.0, "grad_inf": 0.0}
+
+
+def _with_zeros(shape, dtype=torch.float32):
+    g = torch.Generator().manual_seed(sum(shape))
+    t = torch.randn(*shape, generator=g, dtype=dtype)
+    return t * (torch.rand(*shape, generator=g) > 0.3).to(dtype)
+
+
+FORMS = {
+    "contiguous": lambda: _with_zeros((7, 9)),
+    "transposed": lambda: _with_zeros((40, 30)).t(),
+    "permuted 4-d": lambda: _with_zeros((2, 3, 4, 5)).permute(3, 1, 0, 2),
+    "strided rows": lambda: _with_zeros((20, 10))[::3],
+    "expanded": lambda: _with_zeros((5, 1)).expand(5, 6),
+    "sliced column": lambda: _with_zeros((6, 8))[:, 2],
+    "scalar": lambda: torch.tensor(-2.5),
+    "float64": lambda: _with_zeros((11, 3), torch.float64),
+    "float16": lambda: _with_zeros((11, 3)).half(),
+    "bfloat16": lambda: _with_zeros((11, 3)).bfloat16(),
+    "above the BLAS threshold": lambda: _with_zeros((120, 100)),
+}
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_gradient_statistics_match_torch(form):
+    t = FORMS[form]()
+    [got] = S.batch_grad_stats([[t]])
+    want = expected(t)
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-6), (form, k)
+
+
+def test_zero_fraction_of_a_large_tensor_is_sampled_within_half_a_percent():
+    t = _with_zeros((300, 1000))           # 300,000 elements: above EXACT_COUNT_MAX
+    [got] = S.batch_grad_stats([[t]])
+    want = expected(t)
+    assert got["grad_zero_frac"] == pytest.approx(want["grad_zero_frac"], abs=0.005)
+    assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)   # exact, not sampled
+    assert got["grad_absmax"] == want["grad_absmax"]
+
+
+def test_a_group_combines_its_tensors_as_one_set_of_elements():
+    a, b = _with_zeros((4, 5)), _with_zeros((3,))
+    [got] = S.batch_grad_stats([[a, None, b]])
+    want = expected(torch.cat([a.reshape(-1), b]))
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nan_and_inf_are_counted(dtype):
+    t = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 0.0], dtype=dtype)
+    [got] = S.batch_grad_stats([[t]])
+    assert (got["grad_nan"], got["grad_inf"]) == (1.0, 2.0)
+    assert math.isnan(got["grad_norm"]) and math.isnan(got["grad_absmax"])
+
+
+def test_empty_and_missing_gradients_give_no_statistics():
+    assert S.batch_grad_stats([[], [None], [torch.empty(0, 3)]]) == [None, None, None]
+
+
+@pytest.mark.parametrize("kind,fn,sat", [("tanh", torch.tanh, lambda y: y.abs() > 0.99),
+                                         ("sigmoid", torch.sigmoid, lambda y: (y < 0.01) | (y > 0.99)),
+                                         (None, torch.relu, None)])
+@pytest.mark.parametrize("shape", [(8, 50), (400, 500)])
+def test_activation_statistics_match_torch(kind, fn, sat, shape):
+    y = fn(torch.randn(*shape, generator=torch.Generator().manual_seed(1)) * 3)
+    got = S.act_stats(S.read_rows([S.act_row(y, kind)]))
+    f = y.double().reshape(-1)
+    tol = 0.005 if y.numel() > S.EXACT_COUNT_MAX else 1e-9      # zero counts are sampled above
+    assert got["act_mean"] == pytest.approx(f.mean().item(), rel=1e-5)
+    assert got["act_std"] == pytest.approx(f.std().item(), rel=1e-4)
+    assert got["act_zero_frac"] == pytest.approx((f == 0).double().mean().item(), abs=tol)
+    if sat is None:
+        assert "act_sat_frac" not in got
+    else:
+        assert got["act_sat_frac"] == pytest.approx(sat(y).double().mean().item(), abs=1e-9)
+
+
+def test_update_norms_measure_what_the_optimizer_step_changed():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(6, 3)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    params = list(net.parameters())
+    updates = S.UpdateNorms(params)
+    net(torch.randn(4, 6)).sum().backward()
+    before = [p.detach().clone() for p in params]
+    updates.before()
+    opt.step()
+    got = updates.after()
+    want = [(b - p.detach()).pow(2).sum().item() for b, p in zip(before, params)]
+    assert got == pytest.approx(want, rel=1e-5)
+    with torch.no_grad():                       # the parameters move to new storage: no stale views
+        net.weight.data = net.weight.data.double().float().clone()
+    updates.before()
+    opt.step()
+    assert all(math.isfinite(v) for v in updates.after())
