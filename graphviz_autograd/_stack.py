@@ -52,6 +52,14 @@ def _cap() -> int:
     return cap
 
 
+def affordable(depth: int) -> bool:
+    """Whether the stack ``depth`` levels need fits within what Linux allows the main
+    thread (raising the soft limit past the real depth only moves a limit; the stack
+    still grows on demand)."""
+    return (resource is not None and threading.current_thread() is threading.main_thread()
+            and depth * BYTES_PER_LEVEL + (8 << 20) <= _cap())
+
+
 def ensure_release_stack(depth: int) -> bool:
     """Make sure releasing a graph ``depth`` nodes deep cannot overflow the stack.
 

@@ -274,7 +274,8 @@ class _Walker:
                 leaf_k += 1
             else:
                 op_idx.append(i)
-        order = sorted(range(len(op_idx)), key=lambda j: (seqs[op_idx[j]], op_idx[j]))
+        op_seqs = [seqs[i] for i in op_idx]
+        order = sorted(range(len(op_idx)), key=op_seqs.__getitem__)   # stable: ties keep walk order
         op_names = ids.op_ids([(modules[i], ops[i]) for i in op_idx], order)
         for j, i in enumerate(op_idx):
             out[i] = op_names[j]
@@ -394,8 +395,9 @@ def _add_saved_nodes(nodes: list[Node], edges: list[Edge]) -> None:
 
 
 def _longest_path(n: int, raw_edges: list[tuple[int, int, int, int]]) -> int:
-    """Length of the longest chain of nodes (iterative topological pass)."""
-    if n < _stack.SAFE_DEPTH_DEFAULT:
+    """Length of the longest chain of nodes (iterative topological pass), or ``n`` (an
+    upper bound) when the stack ``n`` levels need is small enough to just grant."""
+    if n < _stack.SAFE_DEPTH_DEFAULT or _stack.affordable(n):
         return n
     succ: list[list[int]] = [[] for _ in range(n)]
     indeg = [0] * n

@@ -95,3 +95,27 @@ print(caught)
     proc = _run(code)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "DeepGraphWarning" in proc.stdout
+
+
+def test_a_wide_shallow_graph_off_the_main_thread_does_not_warn():
+    # 30,000 nodes but 4 deep: the exact depth is measured, not bounded by the node count
+    code = """
+import threading, warnings
+import torch
+import graphviz_autograd as ga
+x = torch.randn(3, requires_grad=True)
+loss = torch.stack([x * i for i in range(30_000)]).sum()
+caught = []
+def work():
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        g = ga.trace(loss)
+        caught.extend(x.category.__name__ for x in w)
+        print(len(g))
+t = threading.Thread(target=work); t.start(); t.join()
+print(caught)
+"""
+    proc = _run(code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    n, caught = proc.stdout.split("\n")[:2]
+    assert int(n) > 30_000 and caught == "[]", proc.stdout
