@@ -49,7 +49,9 @@ class Recorder:
         optimizer: when given, learning rates and update/parameter ratios
             ``||w_after - w_before|| / ||w_before||`` are recorded.
         every: record statistics every ``every``-th logged step (loss and
-            scalars are written every step). Default 10: overhead stays under 3%.
+            scalars are written every step). Default 50: under 3% overhead even on
+            LeNet-5, whose 9 ms steps make per-call costs count most (see
+            ``benchmarks/README.md``); ``every=1`` records each step.
         record: which statistics: any of ``"params"``, ``"nodes"`` (one
             detector per autograd node), ``"activations"``; default all.
         overwrite: replace a run this rank already wrote in ``run_dir``.
@@ -61,7 +63,7 @@ class Recorder:
     close, also when training raises.
     """
 
-    def __init__(self, model: torch.nn.Module, run_dir, *, optimizer=None, every: int = 10,
+    def __init__(self, model: torch.nn.Module, run_dir, *, optimizer=None, every: int = 50,
                  record=WHAT, overwrite: bool = False, flush_interval: float = 2.0,
                  source: bool = True, meta: dict | None = None):
         if not isinstance(model, torch.nn.Module):
