@@ -6,9 +6,16 @@ WAL mode: readers never block the writer and see whole flushes only (never half 
 step); a writer killed by SIGKILL loses only what it had not flushed. Nothing is
 pickled: graphs and meta values are JSON text, the rest are numbers. No torch here.
 
-SQLite stores a bound NaN as NULL, so NaN is stored as the text ``'NaN'`` (REAL
-affinity keeps non-numeric text) and read back as ``float('nan')``; NULL means
-"not applicable" and reads as None. Infinities are ordinary REAL values.
+Statistics are stored in *chunks* (see ``_chunks.py``): one row per key holds a
+run of steps as packed arrays, so a flush writes one row per key and reading one
+key's series over 100,000 steps reads a few hundred rows (schema 2; stores of
+schema 1, one row per key and step, are still read). Steps must increase past
+what a flush has written; a step still buffered may be added again to replace it.
+
+Scalars keep one row per name and step. SQLite stores a bound NaN as NULL, so a
+NaN scalar is stored as the text ``'NaN'`` (REAL affinity keeps non-numeric
+text) and read back as ``float('nan')``; NULL means "not applicable" and reads as
+None. Infinities are ordinary REAL values.
 
 Example:
     >>> with RunWriter("runs/demo") as w:  # doctest: +SKIP
@@ -28,9 +35,10 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
+from graphviz_autograd import _chunks
 from graphviz_autograd.errors import RunNotFoundError, SchemaVersionError, StoreError
 
-STORE_SCHEMA_VERSION = 1
+STORE_SCHEMA_VERSION = 2     # 2: statistics in chunks (_chunks.py); 1 (one row per key and step) is still read
 STORE_FORMAT = "graphviz-autograd-run"
 STORE_GLOB = "rank-*.gva.sqlite"
 STATS = ("grad_norm", "grad_mean", "grad_std", "grad_absmax", "grad_zero_frac", "grad_nan",
@@ -51,11 +59,15 @@ CREATE TABLE graphs(version INTEGER PRIMARY KEY, fingerprint TEXT UNIQUE, first_
 CREATE TABLE steps(step INTEGER PRIMARY KEY, wall_time REAL, graph_version INTEGER);
 CREATE TABLE scalars(name TEXT, step INTEGER, value REAL, PRIMARY KEY(name, step)) WITHOUT ROWID;
 CREATE TABLE keys(id INTEGER PRIMARY KEY, kind TEXT, name TEXT, UNIQUE(kind, name));
-CREATE TABLE stats(key_id INTEGER, step INTEGER, {", ".join(s + " REAL" for s in STATS)},
-                   PRIMARY KEY(key_id, step)) WITHOUT ROWID;
-CREATE INDEX stats_by_step ON stats(step);
+CREATE TABLE chunks(id INTEGER PRIMARY KEY, key_id INTEGER, first_step INTEGER, last_step INTEGER,
+                    n INTEGER, steps BLOB, {", ".join(s + " BLOB" for s in STATS)});
+CREATE UNIQUE INDEX chunks_by_key ON chunks(key_id, first_step);
 """
-_INSERT_STATS = f"INSERT OR REPLACE INTO stats VALUES ({', '.join('?' * (len(STATS) + 2))})"
+_INSERT_CHUNK = (f"INSERT OR REPLACE INTO chunks(key_id, first_step, last_step, n, steps, {', '.join(STATS)}) "
+                 f"VALUES ({', '.join('?' * (len(STATS) + 5))})")
+_WIDTH = len(STATS) + 1   # a buffered row: step, then its statistics
+CHUNK_MIN = 128   # a key's last chunk is rewritten, grown, until it holds this many steps
+CHUNK_MAX = 1024  # longer runs of buffered steps are split: reading a late column skips less
 
 
 class Series(NamedTuple):
@@ -85,6 +97,11 @@ def _encode(value: Any) -> float | str | None:
         return None
     value = float(value)
     return _NAN if value != value else value
+
+
+def _stat_value(value: Any) -> float | None:
+    """A statistic as stored in a chunk: a float (NaN and inf included) or None."""
+    return None if value is None else float(value)
 
 
 def _decode(value: float | str | None) -> float | None:
@@ -195,8 +212,14 @@ class RunWriter(_Closing):
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open run store {self.path}: {exc}") from exc
         self._graph_versions: dict[str, int] = {}  # fingerprint -> version
-        self._key_ids: dict[tuple[str, str], int] = {}  # (kind, name) -> keys.id
-        self._graphs, self._keys, self._steps, self._scalars, self._stats = [], [], [], [], []
+        self._key_ids: dict[str, dict[str, int]] = {}  # kind -> name -> keys.id
+        self._n_keys = 0
+        self._readded = False       # a buffered step was added again (rows need deduplicating)
+        self._graphs, self._keys, self._steps, self._scalars = [], [], [], []
+        self._pending: dict[int, list] = {}   # key_id -> [step, *STATS, step, ...] not yet written
+        self._n_pending = 0
+        self._open: dict[int, list] = {}      # key_id -> its last chunk (flat) while it is short
+        self._written_max: int | None = None         # highest step on disk; later steps must exceed it
         self._last_flush = time.monotonic()
         self._closed = False
 
@@ -261,7 +284,8 @@ class RunWriter(_Closing):
         """Buffer one training step: its scalars (loss, lr, ...) and per-key stats.
 
         Args:
-            step: Step number; re-adding a step replaces it.
+            step: Step number, after every step already flushed; re-adding a step
+                that is still buffered replaces it.
             wall_time: Unix time of the step.
             graph_version: Version from :meth:`add_graph`, or None.
             scalars: Name to value; NaN, inf and None are kept.
@@ -274,6 +298,10 @@ class RunWriter(_Closing):
         """
         self._check_open()
         step = int(step)
+        if self._written_max is not None and step <= self._written_max:
+            raise StoreError(f"step {step} is not after step {self._written_max}, which is already "
+                             f"written to {self.path}; steps must increase (a step still buffered "
+                             f"may be re-added to replace it)")
         if graph_version is not None and not 1 <= graph_version <= len(self._graph_versions):
             raise StoreError(f"unknown graph_version {graph_version}; add_graph() returned versions "
                              f"1..{len(self._graph_versions)}")
@@ -281,40 +309,52 @@ class RunWriter(_Closing):
             scalar_rows = [(name, step, _encode(value)) for name, value in scalars.items()]
         except (TypeError, ValueError) as exc:
             raise StoreError(f"step {step}: scalar values must be numbers or None ({exc})") from exc
-        stat_rows: list[tuple] = []
-        for kind, entries in (stats or {}).items():
-            self._stat_rows(_check_kind(kind), entries, step, stat_rows)
+        staged: list[list] = []         # the pending lists this step appended to, for a rollback
+        try:
+            for kind, entries in (stats or {}).items():
+                self._stat_rows(_check_kind(kind), entries, step, staged)
+        except BaseException:
+            for rows in staged:
+                del rows[-_WIDTH:]
+            raise
+        if self._steps and step <= self._steps[-1][0]:
+            self._readded = True
         self._steps.append((step, float(wall_time), graph_version))
         self._scalars.extend(scalar_rows)
-        self._stats.extend(stat_rows)
-        if (len(self._stats) >= MAX_BUFFERED_ROWS
+        self._n_pending += len(staged)
+        if (self._n_pending >= MAX_BUFFERED_ROWS
                 or time.monotonic() - self._last_flush >= self.flush_interval):
             self.flush()
 
-    def _stat_rows(self, kind: str, entries: list, step: int, out: list[tuple]) -> None:
-        """Append one ``(key_id, step, *STATS)`` row per entry to ``out`` (the hot path)."""
-        key_ids = self._key_ids
+    def _stat_rows(self, kind: str, entries: list, step: int, staged: list[list]) -> None:
+        """Buffer one ``(step, (*STATS,))`` row per entry under its key (the hot path)."""
+        key_ids = self._key_ids.setdefault(kind, {})
+        pending = self._pending
         for name, values in entries:
             if not values.keys() <= _STAT_SET:
                 raise StoreError(f"unknown stat names {sorted(set(values) - _STAT_SET)} for {kind} "
                                  f"{name!r}; valid stats: {', '.join(STATS)}")
             row = tuple(map(values.get, STATS))
-            try:  # fast check: all floats (or None) and no NaN, else encode value by value
-                total = sum(filter(None, row), 0.0)
-                clean = total.__class__ is float and total == total
+            try:  # fast check: all numbers (or None), else convert value by value
+                clean = sum(filter(None, row), 0.0).__class__ is float
             except TypeError:
                 clean = False
             if not clean:
                 try:
-                    row = tuple(map(_encode, row))
+                    row = tuple(map(_stat_value, row))
                 except (TypeError, ValueError) as exc:
                     raise StoreError(f"step {step}, {kind} {name!r}: stat values must be numbers "
                                      f"or None ({exc})") from exc
-            key_id = key_ids.get((kind, name))
+            key_id = key_ids.get(name)
             if key_id is None:
-                key_id = key_ids[(kind, name)] = len(key_ids) + 1
+                key_id = key_ids[name] = self._n_keys = self._n_keys + 1
                 self._keys.append((key_id, kind, name))
-            out.append((key_id, step, *row))
+            rows = pending.get(key_id)
+            if rows is None:
+                rows = pending[key_id] = []
+            rows.append(step)           # flat [step, *STATS, step, *STATS, ...]: no object per row
+            rows.extend(row)
+            staged.append(rows)
 
     def flush(self) -> None:
         """Write everything buffered in one transaction.
@@ -331,7 +371,8 @@ class RunWriter(_Closing):
                 conn.executemany("INSERT INTO keys VALUES (?, ?, ?)", self._keys)
                 conn.executemany("INSERT OR REPLACE INTO steps VALUES (?, ?, ?)", self._steps)
                 conn.executemany("INSERT OR REPLACE INTO scalars VALUES (?, ?, ?)", self._scalars)
-                conn.executemany(_INSERT_STATS, self._stats)
+                chunks, opened = self._chunk_rows()
+                conn.executemany(_INSERT_CHUNK, chunks)
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 with suppress(sqlite3.Error):
@@ -339,9 +380,42 @@ class RunWriter(_Closing):
                 raise StoreError(f"cannot write {len(self._steps)} buffered steps to {self.path}: "
                                  f"{exc}. Fix: free disk space or restore write access, then call "
                                  f"flush() again; the data is kept in memory") from exc
-            for buffer in (self._graphs, self._keys, self._steps, self._scalars, self._stats):
+            if self._steps:
+                self._written_max = max(row[0] for row in self._steps)
+            for buffer in (self._graphs, self._keys, self._steps, self._scalars, self._pending):
                 buffer.clear()
+            self._n_pending = 0
+            self._open = opened
+            self._readded = False
         self._last_flush = time.monotonic()
+
+    def _chunk_rows(self) -> tuple[list[tuple], dict[int, list]]:
+        """One chunk row per key with buffered stats, and the keys' short last chunks after it.
+
+        A key whose last chunk is still short (< :data:`CHUNK_MIN` steps) gets that
+        chunk rewritten with the new steps appended (same key and first step), so
+        frequent flushes do not leave a series in thousands of tiny chunks.
+        """
+        out, opened = [], dict(self._open)
+        for key_id, rows in self._pending.items():
+            if not rows:                # a step that failed validation left it empty
+                continue
+            prev = self._open.get(key_id)
+            if prev:
+                rows = prev + rows
+            if self._readded:           # a buffered step was re-added: the last one wins
+                latest = {rows[i]: rows[i + 1:i + _WIDTH] for i in range(0, len(rows), _WIDTH)}
+                rows = [x for step in sorted(latest) for x in (step, *latest[step])]
+            for first in range(0, len(rows), CHUNK_MAX * _WIDTH):
+                part = rows[first:first + CHUNK_MAX * _WIDTH]
+                steps = part[::_WIDTH]
+                out.append((key_id, steps[0], steps[-1], len(steps), _chunks.pack_steps(steps),
+                            *(_chunks.pack_values(part[k::_WIDTH]) for k in range(1, _WIDTH))))
+            if len(part) < CHUNK_MIN * _WIDTH:
+                opened[key_id] = part
+            else:
+                opened.pop(key_id, None)
+        return out, opened
 
     def close(self) -> None:
         """Flush and close the file. Calling it again does nothing."""
@@ -376,6 +450,7 @@ class RankReader(_Closing):
             self._conn.close()
             raise
         self.rank: int = int(self.meta.get("rank", 0))
+        self._chunked = int(self.meta.get("schema_version", 1)) >= 2
         self._graph_json: dict[int, str] = {}
         self._graphs: dict[int, Any] = {}
         self._key_ids: dict[tuple[str, str], int] = {}
@@ -493,8 +568,12 @@ class RankReader(_Closing):
         key_id = self._key_id(kind, name)
         if key_id is None:
             return Series([], [])
-        return _to_series(self._fetch(f"SELECT step, {column} FROM stats WHERE key_id = ? "
-                                      f"AND {column} IS NOT NULL ORDER BY step", (key_id,)))
+        if not self._chunked:       # schema 1: one row per key and step
+            return _to_series(self._fetch(f"SELECT step, {column} FROM stats WHERE key_id = ? "
+                                          f"AND {column} IS NOT NULL ORDER BY step", (key_id,)))
+        return Series(*_chunks.series_of(self._fetch(
+            f"SELECT steps, {column} FROM chunks WHERE key_id = ? AND {column} IS NOT NULL "
+            f"ORDER BY first_step", (key_id,))))
 
     def node_series(self, node_id: str, stat: str = "grad_norm") -> Series:
         """``stat`` of graph node ``node_id`` by step (empty for an unknown node)."""
@@ -509,12 +588,27 @@ class RankReader(_Closing):
         return self._stat_series("module", name, stat)
 
     def stats_at(self, step: int, kind: str = "node", stat: str = "grad_norm") -> dict[str, float]:
-        """``stat`` of every key of ``kind`` at ``step``; keys where it is NULL are left out."""
-        column = _check_stat(stat)
-        rows = self._fetch(f"SELECT k.name, s.{column} FROM stats s JOIN keys k ON k.id = s.key_id "
-                           f"WHERE s.step = ? AND k.kind = ? AND s.{column} IS NOT NULL "
-                           f"ORDER BY s.key_id", (step, _check_kind(kind)))
-        return {name: _decode(value) for name, value in rows}
+        """``stat`` of every key of ``kind`` at ``step``; keys where it is None are left out."""
+        column, kind = _check_stat(stat), _check_kind(kind)
+        if not self._chunked:
+            rows = self._fetch(f"SELECT k.name, s.{column} FROM stats s JOIN keys k ON k.id = s.key_id "
+                               f"WHERE s.step = ? AND k.kind = ? AND s.{column} IS NOT NULL "
+                               f"ORDER BY s.key_id", (step, kind))
+            return {name: _decode(value) for name, value in rows}
+        # per key, the chunk starting last at or before `step` (one primary-key probe each)
+        rows = self._fetch(
+            f"SELECT k.name, c.steps, c.{column} FROM keys k JOIN chunks c ON c.key_id = k.id "
+            f"AND c.first_step = (SELECT max(first_step) FROM chunks WHERE key_id = k.id "
+            f"AND first_step <= ?) WHERE k.kind = ? AND c.last_step >= ? AND c.{column} IS NOT NULL "
+            f"ORDER BY k.id", (step, kind, step))
+        out = {}
+        for name, steps_blob, values_blob in rows:
+            i = _chunks.index_of(steps_blob, step)
+            if i is not None:
+                value = _chunks.value_at(values_blob, i)
+                if value is not None:
+                    out[name] = value
+        return out
 
     def matrix(self, kind: str, stat: str, keys: list[str] | None = None,
                max_steps: int | None = None) -> tuple[list[str], list[int], list[list[float | None]]]:
@@ -541,6 +635,12 @@ class RankReader(_Closing):
             for row, name in zip(grid, names):
                 key_id = self._key_id(kind, name)
                 if key_id is None or not steps:
+                    continue
+                if self._chunked:
+                    for step, value in zip(*self._stat_series(kind, name, stat)):
+                        j = position.get(step)
+                        if j is not None:
+                            row[j] = value
                     continue
                 sql = f"SELECT step, {column} FROM stats WHERE key_id = ?"
                 chunks = [steps[i:i + 500] for i in range(0, len(steps), 500)] if sampled else [[]]

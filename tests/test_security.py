@@ -2,6 +2,7 @@
 import ast
 import os
 import sqlite3
+from array import array
 
 import pytest
 
@@ -52,11 +53,24 @@ def test_a_foreign_store_with_hostile_strings_loads_as_plain_data(tmp_path):
     assert not os.path.exists("PWNED") and not (tmp_path / "PWNED").exists()
 
 
-def test_store_holds_no_blob_or_pickled_column(tmp_path):
+def test_store_blobs_are_only_packed_number_arrays(tmp_path):
+    """No pickle: the only BLOB columns are the chunk arrays, 8 bytes (int64 step or float64
+    value) per step of the chunk, readable with nothing but ``array``."""
     with RunWriter(tmp_path / "run") as w:
-        w.add_step(0, wall_time=0.0, graph_version=None, scalars={"loss": 1.0})
+        w.add_step(0, wall_time=0.0, graph_version=None, scalars={"loss": 1.0},
+                   stats={"param": [("w", {"grad_norm": 2.0, "grad_mean": None})]})
+        w.add_step(3, wall_time=0.0, graph_version=None, scalars={"loss": 1.0},
+                   stats={"param": [("w", {"grad_norm": float("nan"), "grad_mean": 1.0})]})
     db = sqlite3.connect(tmp_path / "run" / "rank-0.gva.sqlite")
-    types = {row[2].upper() for t, in db.execute("select name from sqlite_master where type='table'")
-             for row in db.execute(f"pragma table_info('{t}')")}
-    assert "BLOB" not in types
-    assert ga.open_run(tmp_path / "run").loss().values == [1.0]
+    blob_columns = {(t, row[1]) for t, in db.execute("select name from sqlite_master where type='table'")
+                    for row in db.execute(f"pragma table_info('{t}')") if row[2].upper() == "BLOB"}
+    assert {t for t, _ in blob_columns} == {"chunks"}
+    columns = [c for _, c in sorted(blob_columns)]
+    for row in db.execute(f"SELECT n, {', '.join(columns)} FROM chunks"):
+        n, blobs = row[0], row[1:]
+        assert all(b is None or len(b) == 8 * n for b in blobs)
+        assert not any(b and b[:1] == b"\x80" and b[-1:] == b"." for b in blobs)   # no pickle frame
+    steps = array("q")
+    steps.frombytes(db.execute("SELECT steps FROM chunks").fetchone()[0])
+    assert list(steps) == [0, 3]
+    assert ga.open_run(tmp_path / "run").loss().values == [1.0, 1.0]

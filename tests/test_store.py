@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from graphviz_autograd._chunks import unpack_values
 from graphviz_autograd.errors import RunNotFoundError, SchemaVersionError, StoreError
 from graphviz_autograd.store import (STATS, STORE_SCHEMA_VERSION, RankReader, RunWriter, Series,
                                      open_run, store_filename)
@@ -164,9 +165,11 @@ def test_nan_inf_none_round_trip(tmp_path):
     assert math.isnan(grid[0][0]) and grid[0][1] == 2.0 and grid[1] == [1.0, None]
     series = run.param_series("v", "grad_mean")
     assert series.steps == [0] and math.isnan(series.values[0])
-    db = sqlite3.connect(tmp_path / store_filename(0))  # NULL really is NULL, NaN is not
-    assert db.execute("SELECT grad_absmax IS NULL, grad_norm IS NULL FROM stats WHERE key_id = 1 "
-                      "AND step = 0").fetchone() == (1, 0)
+    db = sqlite3.connect(tmp_path / store_filename(0))  # None everywhere is NULL, NaN is a value
+    absmax, norm, mean = db.execute("SELECT grad_absmax, grad_norm, grad_mean FROM chunks "
+                                    "WHERE key_id = 1").fetchone()
+    assert absmax is None and math.isnan(unpack_values(norm)[0]) and unpack_values(norm)[1] == 2.0
+    assert unpack_values(mean) == [inf, None]           # None beside a value: the MISSING marker
 
 
 def test_bad_input_is_rejected_and_leaves_no_partial_step(tmp_path):
@@ -491,3 +494,69 @@ def test_store_module_does_not_import_torch_or_pickle():
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.module}
     assert not imported & {"torch", "pickle", "marshal", "shelve", "numpy"}
+
+
+def test_steps_must_increase_past_what_is_written_and_buffered_steps_can_be_replaced(tmp_path):
+    with RunWriter(tmp_path, flush_interval=3600) as writer:
+        _write_steps(writer, [0, 1])
+        writer.add_step(1, wall_time=0.0, graph_version=None, scalars={"loss": 9.0},
+                        stats={"node": [("n0", {"grad_norm": -1.0})]})       # still buffered: replaces
+        writer.flush()
+        with pytest.raises(StoreError, match=r"step 1 is not after step 1, which is already written"):
+            _write_steps(writer, [1])
+        _write_steps(writer, [5])
+    run = open_run(tmp_path)
+    assert run.node_series("n0") == Series([0, 1, 5], [0.0, -1.0, 500.0])
+    assert run.node_series("n1") == Series([0, 1, 5], [1.0, 101.0, 501.0])
+    assert run.loss().values[1] == 9.0
+
+
+def test_frequent_flushes_grow_chunks_instead_of_piling_up_tiny_ones(tmp_path):
+    from graphviz_autograd.store import CHUNK_MIN
+    steps = list(range(0, 3 * CHUNK_MIN + 7, 2))          # every other step, one flush per step
+    with RunWriter(tmp_path, flush_interval=0) as writer:
+        _write_steps(writer, steps, n_keys=2)
+    db = sqlite3.connect(tmp_path / store_filename(0))
+    sizes = [n for (n,) in db.execute("SELECT n FROM chunks WHERE key_id = 1 ORDER BY first_step")]
+    assert sum(sizes) == len(steps) and len(sizes) == -(-len(steps) // CHUNK_MIN)
+    run = open_run(tmp_path)
+    assert run.node_series("n1") == Series(steps, [s * 100 + 1.0 for s in steps])
+    for step in (0, 2, 254, 256, steps[-1]):                # chunk edges and the short last chunk
+        assert run.stats_at(step, "node") == {"n0": step * 100.0, "n1": step * 100 + 1.0}
+    assert run.stats_at(3, "node") == {} and run.stats_at(10**6, "node") == {}
+    keys, at, grid = run.matrix("node", "grad_norm", max_steps=5)
+    assert len(at) == 5 and (at[0], at[-1]) == (steps[0], steps[-1]) and set(at) <= set(steps)
+    assert grid[1] == [s * 100 + 1.0 for s in at]
+
+
+V1_SCHEMA = f"""
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE graphs(version INTEGER PRIMARY KEY, fingerprint TEXT UNIQUE, first_step INTEGER,
+                    n_nodes INTEGER, json TEXT);
+CREATE TABLE steps(step INTEGER PRIMARY KEY, wall_time REAL, graph_version INTEGER);
+CREATE TABLE scalars(name TEXT, step INTEGER, value REAL, PRIMARY KEY(name, step)) WITHOUT ROWID;
+CREATE TABLE keys(id INTEGER PRIMARY KEY, kind TEXT, name TEXT, UNIQUE(kind, name));
+CREATE TABLE stats(key_id INTEGER, step INTEGER, {", ".join(s + " REAL" for s in STATS)},
+                   PRIMARY KEY(key_id, step)) WITHOUT ROWID;
+"""
+
+
+def test_a_schema_1_store_is_still_read(tmp_path):
+    """Runs recorded by the first release (one row per key and step) open unchanged."""
+    db = sqlite3.connect(tmp_path / store_filename(0))
+    db.executescript(V1_SCHEMA + "PRAGMA user_version=1;")
+    db.executemany("INSERT INTO meta VALUES (?, ?)", [("schema_version", "1"), ("rank", "0"),
+                   ("world_size", "1"), ("format", '"graphviz-autograd-run"')])
+    db.executemany("INSERT INTO steps VALUES (?, ?, NULL)", [(s, 0.0) for s in range(3)])
+    db.execute("INSERT INTO keys VALUES (1, 'param', 'w')")
+    cols = ", ".join(STATS[:2])
+    db.executemany(f"INSERT INTO stats(key_id, step, {cols}) VALUES (1, ?, ?, ?)",
+                   [(0, 1.0, "NaN"), (1, 2.0, None), (2, 3.0, 0.5)])
+    db.commit()
+    db.close()
+    run = open_run(tmp_path)
+    assert run.param_series("w") == Series([0, 1, 2], [1.0, 2.0, 3.0])
+    mean = run.param_series("w", "grad_mean")
+    assert mean.steps == [0, 2] and math.isnan(mean.values[0]) and mean.values[1] == 0.5
+    assert run.stats_at(1, "param") == {"w": 2.0} and run.stats_at(1, "param", "grad_mean") == {}
+    assert run.matrix("param", "grad_norm")[2] == [[1.0, 2.0, 3.0]]
