@@ -143,6 +143,7 @@ class _Walker:
         self.saved = saved
         self.show_saved = show_saved
         self.storages: dict[int, int] = {}
+        self.sizes: dict[int, int] = {}     # storage address -> bytes, within this trace
 
     def run(self, roots: list[tuple[str, torch.Tensor]]) -> Graph:
         fns: list[Any] = []
@@ -287,7 +288,7 @@ class _Walker:
             meta = fn.metadata
             raw = meta.get(SAVED_KEY) if meta else None
         if raw is None:
-            raw = raw_saved(fn)
+            raw = raw_saved(fn, self.sizes)
         tensors, attrs = raw
         out = []
         for name, meta, nbytes, ptr, freed in tensors:
@@ -302,9 +303,12 @@ class _Walker:
 SAVED_KEY = "graphviz_autograd.saved"
 
 
-def raw_saved(fn):
+def raw_saved(fn, sizes: dict[int, int] | None = None):
     """Saved tensors of ``fn`` as plain tuples ``(name, meta, nbytes, storage_ptr, freed)``
-    plus non-tensor saved values as ``(name, text)`` attrs. Holds no tensor."""
+    plus non-tensor saved values as ``(name, text)`` attrs. Holds no tensor.
+
+    ``sizes`` caches storage sizes by address within one trace (see :func:`_saved_tensor`).
+    """
     tensors: list[tuple] = []
     attrs: list[tuple[str, str]] = []
     names = saved_attrs(fn)
@@ -320,20 +324,28 @@ def raw_saved(fn):
         except Exception:            # noqa: BLE001 - odd saved kinds: skip, never fail a trace
             continue
         if isinstance(value, torch.Tensor):
-            tensors.append(_saved_tensor(name, value))
+            tensors.append(_saved_tensor(name, value, sizes))
         elif isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
-            tensors.extend(_saved_tensor(f"{name}[{k}]", v)
+            tensors.extend(_saved_tensor(f"{name}[{k}]", v, sizes)
                            for k, v in enumerate(value) if isinstance(v, torch.Tensor))
         elif value is not None and isinstance(value, (int, float, bool, str, tuple, list)):
             attrs.append((name, str(value)))
     return tuple(tensors), tuple(attrs)
 
 
-def _saved_tensor(name: str, t: torch.Tensor) -> tuple:
+def _saved_tensor(name: str, t: torch.Tensor, sizes: dict[int, int] | None = None) -> tuple:
+    """``sizes``: storage address -> size, of storages already seen in this trace (whose
+    tensors are all alive, so an address names one storage); skips building a storage
+    object when the same storage is saved again (a weight at every step of an RNN)."""
     meta = _meta_of(t.shape, t.dtype, t.device)
     try:
-        storage = t.untyped_storage()
-        ptr, nbytes = storage.data_ptr(), storage.nbytes()
+        ptr = t.data_ptr() - t.storage_offset() * t.element_size()
+        nbytes = sizes.get(ptr) if sizes is not None else None
+        if nbytes is None:
+            storage = t.untyped_storage()
+            ptr, nbytes = storage.data_ptr(), storage.nbytes()
+            if sizes is not None:
+                sizes[ptr] = nbytes
     except (RuntimeError, NotImplementedError, TypeError):   # sparse, meta, ...
         ptr, nbytes = id(t), t.numel() * t.element_size()
     return (name, meta, int(nbytes), ptr or id(t), False)
