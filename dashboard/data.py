@@ -34,6 +34,10 @@ class _LRU:
         self.lock = threading.Lock()
         self._busy: dict[Any, threading.Lock] = {}
 
+    def has(self, key) -> bool:
+        with self.lock:
+            return key in self.data
+
     def get(self, key, make: Callable[[], Any]):
         with self.lock:
             if key in self.data:
@@ -245,11 +249,13 @@ class DataSource:
                  stats: tuple[str, ...]) -> dict[str, dict[str, float]]:
         """``{stat: {key: value}}`` at ``step`` for keys of ``kind``, cached."""
         reader = self.reader(name, rank)
-        out = {}
-        for stat in stats:
-            out[stat] = self._memo.get(("at", name, self._gen(name), reader.rank, step, kind, stat),
-                                       lambda s=stat: reader.stats_at(step, kind, s))
-        return out
+        keys = {stat: ("at", name, self._gen(name), reader.rank, step, kind, stat) for stat in stats}
+        missing = tuple(stat for stat in stats if not self._memo.has(keys[stat]))
+        if missing:                     # one query for all of them
+            for stat, table in reader.stats_table_at(step, kind, missing).items():
+                self._memo.get(keys[stat], lambda t=table: t)
+        return {stat: self._memo.get(keys[stat], lambda s=stat: reader.stats_at(step, kind, s))
+                for stat in stats}
 
     def key_stats_at(self, name: str, rank: int | None, step: int, kind: str, key: str,
                      stats: tuple[str, ...]) -> dict[str, float | None]:

@@ -49,6 +49,14 @@ def pack_steps(steps: list[int]) -> bytes:
     return _to_bytes(array("q", steps))
 
 
+def stride_of(steps: list[int]) -> int:
+    """The spacing of evenly spaced ``steps`` (1 for a single step), 0 when they are not."""
+    if len(steps) == 1:
+        return 1
+    stride = steps[1] - steps[0]
+    return stride if steps == list(range(steps[0], steps[-1] + 1, stride)) else 0
+
+
 def unpack_steps(blob: bytes) -> array:
     return _from_bytes("q", blob)
 

@@ -60,11 +60,11 @@ CREATE TABLE steps(step INTEGER PRIMARY KEY, wall_time REAL, graph_version INTEG
 CREATE TABLE scalars(name TEXT, step INTEGER, value REAL, PRIMARY KEY(name, step)) WITHOUT ROWID;
 CREATE TABLE keys(id INTEGER PRIMARY KEY, kind TEXT, name TEXT, UNIQUE(kind, name));
 CREATE TABLE chunks(id INTEGER PRIMARY KEY, key_id INTEGER, first_step INTEGER, last_step INTEGER,
-                    n INTEGER, steps BLOB, {", ".join(s + " BLOB" for s in STATS)});
+                    n INTEGER, stride INTEGER, steps BLOB, {", ".join(s + " BLOB" for s in STATS)});
 CREATE UNIQUE INDEX chunks_by_key ON chunks(key_id, first_step);
 """
-_INSERT_CHUNK = (f"INSERT OR REPLACE INTO chunks(key_id, first_step, last_step, n, steps, {', '.join(STATS)}) "
-                 f"VALUES ({', '.join('?' * (len(STATS) + 5))})")
+_INSERT_CHUNK = (f"INSERT OR REPLACE INTO chunks(key_id, first_step, last_step, n, stride, steps, "
+                 f"{', '.join(STATS)}) VALUES ({', '.join('?' * (len(STATS) + 6))})")
 _WIDTH = len(STATS) + 1   # a buffered row: step, then its statistics
 CHUNK_MIN = 128   # a key's last chunk is rewritten, grown, until it holds this many steps
 CHUNK_MAX = 1024  # longer runs of buffered steps are split: reading a late column skips less
@@ -409,7 +409,8 @@ class RunWriter(_Closing):
             for first in range(0, len(rows), CHUNK_MAX * _WIDTH):
                 part = rows[first:first + CHUNK_MAX * _WIDTH]
                 steps = part[::_WIDTH]
-                out.append((key_id, steps[0], steps[-1], len(steps), _chunks.pack_steps(steps),
+                out.append((key_id, steps[0], steps[-1], len(steps), _chunks.stride_of(steps),
+                            _chunks.pack_steps(steps),
                             *(_chunks.pack_values(part[k::_WIDTH]) for k in range(1, _WIDTH))))
             if len(part) < CHUNK_MIN * _WIDTH:
                 opened[key_id] = part
@@ -589,25 +590,42 @@ class RankReader(_Closing):
 
     def stats_at(self, step: int, kind: str = "node", stat: str = "grad_norm") -> dict[str, float]:
         """``stat`` of every key of ``kind`` at ``step``; keys where it is None are left out."""
-        column, kind = _check_stat(stat), _check_kind(kind)
+        return self.stats_table_at(step, kind, (stat,))[stat]
+
+    def stats_table_at(self, step: int, kind: str = "node",
+                       stats: tuple[str, ...] = ("grad_norm",)) -> dict[str, dict[str, float]]:
+        """``{stat: {key: value}}`` for every key of ``kind`` at ``step``, in one query."""
+        columns, kind = [_check_stat(stat) for stat in stats], _check_kind(kind)
+        out: dict[str, dict[str, float]] = {stat: {} for stat in stats}
+        if not columns:
+            return out
         if not self._chunked:
-            rows = self._fetch(f"SELECT k.name, s.{column} FROM stats s JOIN keys k ON k.id = s.key_id "
-                               f"WHERE s.step = ? AND k.kind = ? AND s.{column} IS NOT NULL "
+            rows = self._fetch(f"SELECT k.name, {', '.join('s.' + c for c in columns)} FROM stats s "
+                               f"JOIN keys k ON k.id = s.key_id WHERE s.step = ? AND k.kind = ? "
                                f"ORDER BY s.key_id", (step, kind))
-            return {name: _decode(value) for name, value in rows}
-        # per key, the chunk starting last at or before `step` (one primary-key probe each)
+            for name, *values in rows:
+                for stat, value in zip(stats, values):
+                    if value is not None:
+                        out[stat][name] = _decode(value)
+            return out
+        # Per key, the chunk starting last at or before `step` (one index probe each). A chunk
+        # of evenly spaced steps yields just the 8 bytes of each value (substr); others whole.
+        picks = ", ".join(f"CASE WHEN c.stride > 0 THEN substr(c.{c}, (?1 - c.first_step) / c.stride "
+                          f"* 8 + 1, 8) ELSE c.{c} END" for c in columns)
         rows = self._fetch(
-            f"SELECT k.name, c.steps, c.{column} FROM keys k JOIN chunks c ON c.key_id = k.id "
-            f"AND c.first_step = (SELECT max(first_step) FROM chunks WHERE key_id = k.id "
-            f"AND first_step <= ?) WHERE k.kind = ? AND c.last_step >= ? AND c.{column} IS NOT NULL "
-            f"ORDER BY k.id", (step, kind, step))
-        out = {}
-        for name, steps_blob, values_blob in rows:
-            i = _chunks.index_of(steps_blob, step)
-            if i is not None:
-                value = _chunks.value_at(values_blob, i)
-                if value is not None:
-                    out[name] = value
+            f"SELECT k.name, c.stride, CASE WHEN c.stride = 0 THEN c.steps END, {picks} FROM keys k "
+            f"JOIN chunks c ON c.key_id = k.id AND c.first_step = (SELECT max(first_step) FROM chunks "
+            f"WHERE key_id = k.id AND first_step <= ?1) WHERE k.kind = ?2 AND c.last_step >= ?1 "
+            f"AND (c.stride = 0 OR (?1 - c.first_step) % c.stride = 0) ORDER BY k.id", (step, kind))
+        for name, stride, steps_blob, *blobs in rows:
+            i = 0 if stride else _chunks.index_of(steps_blob, step)
+            if i is None:
+                continue
+            for stat, blob in zip(stats, blobs):
+                if blob is not None:
+                    value = _chunks.value_at(blob, i)
+                    if value is not None:
+                        out[stat][name] = value
         return out
 
     def matrix(self, kind: str, stat: str, keys: list[str] | None = None,

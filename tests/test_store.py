@@ -560,3 +560,19 @@ def test_a_schema_1_store_is_still_read(tmp_path):
     assert mean.steps == [0, 2] and math.isnan(mean.values[0]) and mean.values[1] == 0.5
     assert run.stats_at(1, "param") == {"w": 2.0} and run.stats_at(1, "param", "grad_mean") == {}
     assert run.matrix("param", "grad_norm")[2] == [[1.0, 2.0, 3.0]]
+
+
+def test_stats_at_in_chunks_of_uneven_steps_and_several_stats_at_once(tmp_path):
+    steps = [0, 1, 2, 5, 9, 10]                    # not evenly spaced: the chunk keeps a step list
+    with RunWriter(tmp_path, flush_interval=3600) as writer:
+        for step in steps:
+            writer.add_step(step, wall_time=0.0, graph_version=None, scalars={},
+                            stats={"param": [("w", {"grad_norm": step + 0.5,
+                                                    "grad_nan": None if step == 5 else 0.0})]})
+    run = open_run(tmp_path)
+    for step in range(12):
+        want = {"w": step + 0.5} if step in steps else {}
+        assert run.stats_at(step, "param") == want, step
+    table = run.rank(0).stats_table_at(5, "param", ("grad_norm", "grad_nan", "act_mean"))
+    assert table == {"grad_norm": {"w": 5.5}, "grad_nan": {}, "act_mean": {}}
+    assert run.rank(0).stats_table_at(9, "param", ("grad_nan",)) == {"grad_nan": {"w": 0.0}}
