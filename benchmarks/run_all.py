@@ -16,7 +16,7 @@ SCRIPTS = {
     "bench_render.py": [],
     "bench_recorder.py": ["--model", "lenet"],
     "bench_recorder.py resnet18": ["--model", "resnet18", "--batch", "8", "--steps", "5", "--rounds", "3",
-                                   "--threads", "1"],
+                                   "--warmup", "2", "--threads", "1"],
     "bench_store.py": [],
     "bench_memory.py": [],
     "bench_dashboard.py": [],

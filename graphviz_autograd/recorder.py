@@ -263,10 +263,12 @@ class Recorder:
             self._writer.add_step(step, wall_time=time.time(), graph_version=version,
                                   scalars=row, stats=stats)
         finally:
-            self._end_capture()
+            if self._capturing or self._node_handles:
+                self._end_capture()
             self._logged += 1
             self._last_step = step
-            self._arm()
+            if self._recording_this_step() != self._tracker.installed:
+                self._arm()
 
     def _arm(self) -> None:
         """Module hooks only around recorded steps: unrecorded ones run at full speed."""

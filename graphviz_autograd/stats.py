@@ -14,9 +14,11 @@ as soon as it is seen, so the tensor itself can be freed:
   float64 tensor; :func:`read_rows` reads all of those back with one
   ``tolist()`` (one device sync per step).
 
-Zero counts are estimated from an evenly strided sample above 65,536 elements;
-NaN/Inf are counted where the norm is not finite (always on accelerators, to
-avoid a sync per tensor).
+Above 65,536 elements, gradient zero counts and all activation statistics (mean,
+std, zero and saturated fractions: population statistics) are estimated from an
+evenly strided sample of about 65,536 elements (errors ~0.4%); gradient norms,
+sums and |max| are always exact. NaN/Inf are counted where the norm is not finite
+(always on accelerators, to avoid a sync per tensor).
 
 Example:
     >>> import torch
@@ -53,8 +55,12 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 
 def _sample_stride(n: int) -> int:
-    # odd, so the sample does not alias with power-of-two layouts; error of the fraction ~0.4%
-    return (n // EXACT_COUNT_MAX) | 1
+    """Stride of an even sample of about :data:`EXACT_COUNT_MAX` of ``n`` elements: coprime
+    with ``n`` (so it does not line up with the tensor's dimensions); errors ~0.4%."""
+    stride = max(n // EXACT_COUNT_MAX, 1) | 1
+    while stride > 1 and math.gcd(stride, n) != 1:
+        stride += 2
+    return stride
 
 
 def nonzero_count(f: torch.Tensor) -> torch.Tensor:
@@ -156,8 +162,12 @@ def act_row(t: torch.Tensor, saturation: str | None):
     """
     if not t.numel():
         return None
+    n = t.numel()
     a = _as_numpy(t)
     if a is not None:
+        if n > EXACT_COUNT_MAX:         # population statistics: an even sample estimates them
+            a = a[::_sample_stride(n)]
+        scale = n / a.size
         if saturation == "tanh":
             sat = float(np.count_nonzero(np.abs(a) > 0.99))
         elif saturation == "sigmoid":
@@ -165,8 +175,11 @@ def act_row(t: torch.Tensor, saturation: str | None):
         else:
             sat = -1.0
         ss, total = _np_sums(a)
-        return [total, ss, _np_nonzero(a), sat, float(a.size)]
+        return [total * scale, ss * scale, float(np.count_nonzero(a)) * scale,
+                sat * scale if sat >= 0 else -1.0, float(n)]
     f = _flat(t)
+    if n > EXACT_COUNT_MAX:
+        f = f[::_sample_stride(n)]
     with torch.no_grad():
         if saturation == "tanh":
             sat = (f.abs() > 0.99).sum().double()
@@ -175,8 +188,11 @@ def act_row(t: torch.Tensor, saturation: str | None):
         else:
             sat = torch.tensor(-1.0, dtype=torch.float64, device=f.device)
         d = f if f.dtype in _NUMPY_DTYPES else f.double()
-        return torch.stack([d.sum().double(), torch.dot(d, d).double(), nonzero_count(f), sat,
-                            sat.new_tensor(float(f.numel()))])
+        scale = n / f.numel()
+        row = torch.stack([d.sum().double(), torch.dot(d, d).double(), (f != 0).sum().double(), sat])
+        return torch.cat([row * torch.tensor([scale, scale, scale, scale if saturation else 1.0],
+                                             dtype=torch.float64, device=row.device),
+                          row.new_tensor([float(n)])])
 
 
 def read_rows(rows: list) -> list:
