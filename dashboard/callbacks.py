@@ -215,6 +215,7 @@ def graph_update(src: DataSource, latest, state, collapsed, metric, key):
         version = src.version_at(run, rank, (state or {}).get("step"))
         if version is None:
             return None, no_update, None, "no graph recorded yet", None, panels.legend(None)
+        step_readings(src, run, rank, state, metric)   # while the layout may still be running
         new_key, scene = src.scene(run, rank, version, collapsed)
     except READ_ERRORS as exc:
         return None, no_update, None, f"cannot read the graph: {exc}", None, panels.legend(None)
@@ -241,11 +242,10 @@ def elements_url(key: str) -> str:
         return path
 
 
-def graph_colors(src: DataSource, key, scene, state, metric, latest):
-    """The colour payload of the selected step (applied in the browser) and the legend."""
-    metric = metric if metric in METRICS else "grad_norm"
-    run, rank = latest["run"], latest["rank"]
-    spec = METRICS[metric]
+def step_readings(src: DataSource, run, rank, state, metric) -> tuple:
+    """``(step with statistics, node stats, parameter stats, findings)`` behind the colours of
+    the selected step; every read is cached, so reading ahead of the layout costs nothing twice."""
+    spec = METRICS[metric if metric in METRICS else "grad_norm"]
     at = None
     node_stats: dict = {}
     param_stats: dict = {}
@@ -256,8 +256,16 @@ def graph_colors(src: DataSource, key, scene, state, metric, latest):
             param_stats = src.stats_at(run, rank, at, "param", spec.stats)
     except READ_ERRORS:
         pass
+    return at, node_stats, param_stats, step_findings(src, run, rank, at)
+
+
+def graph_colors(src: DataSource, key, scene, state, metric, latest):
+    """The colour payload of the selected step (applied in the browser) and the legend."""
+    metric = metric if metric in METRICS else "grad_norm"
+    spec = METRICS[metric]
+    at, node_stats, param_stats, findings = step_readings(src, latest["run"], latest["rank"], state,
+                                                          metric)
     values = node_values(scene, metric, node_stats, param_stats)
-    findings = step_findings(src, run, rank, at)
     payload, info = color_payload(key, ids.GRAPH, values, metric, scene.order,
                                   stamp=f"{key}|{at}|{metric}")
     where = {node_id: i for i, node_id in enumerate(scene.order)}

@@ -177,7 +177,12 @@ class DataSource:
         return key, scene
 
     def prewarm(self, name: str, rank: int | None, collapsed: dict | None) -> None:
-        """Lay out the latest graph of a run in the background (once), before the browser asks."""
+        """Lay out the latest graph of a run in the background (once per run and rank; None is
+        its first rank), before the browser asks."""
+        try:
+            rank = self.reader(name, rank).rank
+        except Exception:  # noqa: BLE001 - only a head start; the callbacks report errors
+            return
         with self._lock:
             if (name, rank) in self._warmed:
                 return
