@@ -3,14 +3,15 @@
 Each tensor becomes a *row* of sums (sum of squares, sum, |max|, non-zeros, ...)
 as soon as it is seen, so the tensor itself can be freed:
 
-- CPU tensors (float32/float64) are reduced with NumPy on a zero-copy view: a
-  NumPy call costs ~1-2 µs where a torch op costs 5-10 µs (more when it wakes
+- CPU tensors (float32/float64) up to 2^20 elements are reduced with NumPy on a
+  zero-copy view: a NumPy call costs ~1-2 µs where a torch op costs 5-10 µs (more when it wakes
   torch's thread pool), and on small models the number of calls is the cost;
   on LeNet-5's gradients (26 nodes) NumPy took 2.3 ms against 2.7 ms for torch
   ops, measured during real backward passes. Dot products go through BLAS only
   up to 10,000 elements, where OpenBLAS stays on the calling thread; above that
   ``einsum`` does, so NumPy never starts threads that compete with torch's.
-- other dtypes and other devices are reduced with torch ops into a small
+- bigger tensors (where torch's thread pool wins), other dtypes and other
+  devices are reduced with torch ops into a small
   float64 tensor; :func:`read_rows` reads all of those back with one
   ``tolist()`` (one device sync per step).
 
@@ -96,9 +97,14 @@ def _one_block(t: torch.Tensor) -> bool:
     return True
 
 
+NUMPY_MAX = 1 << 20         # above this many elements torch's multi-threaded reductions win
+
+
 def _as_numpy(t: torch.Tensor) -> np.ndarray | None:
-    """A flat zero-copy NumPy view of a dense CPU float tensor; None when there is none."""
-    if t.device.type != "cpu" or t.dtype not in _NUMPY_DTYPES or t.layout is not torch.strided:
+    """A flat zero-copy NumPy view of a dense CPU float tensor; None when there is none
+    (or when it is big enough for torch's thread pool to beat a NumPy pass)."""
+    if (t.device.type != "cpu" or t.dtype not in _NUMPY_DTYPES or t.layout is not torch.strided
+            or t.numel() > NUMPY_MAX):
         return None
     t = t.detach()
     if not t.is_contiguous() and _one_block(t):

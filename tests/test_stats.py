@@ -38,6 +38,7 @@ FORMS = {
     "float16": lambda: _with_zeros((11, 3)).half(),
     "bfloat16": lambda: _with_zeros((11, 3)).bfloat16(),
     "above the BLAS threshold": lambda: _with_zeros((120, 100)),
+    "above NUMPY_MAX (torch path)": lambda: _with_zeros((1100, 1000)),
 }
 
 
@@ -47,7 +48,8 @@ def test_gradient_statistics_match_torch(form):
     [got] = S.batch_grad_stats([[t]])
     want = expected(t)
     for k, v in want.items():
-        assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-6), (form, k)
+        sampled = k == "grad_zero_frac" and t.numel() > S.EXACT_COUNT_MAX
+        assert got[k] == pytest.approx(v, rel=1e-4, abs=0.005 if sampled else 1e-6), (form, k)
 
 
 def test_zero_fraction_of_a_large_tensor_is_sampled_within_half_a_percent():
