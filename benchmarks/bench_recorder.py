@@ -93,7 +93,7 @@ def run(model_name: str, steps: int, batch: int, rounds: int, warmup: int = 10) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="lenet", choices=["lenet", "resnet18"])
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--warmup", type=int, default=10, help="untimed steps at the start of each round")

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from . import _stack, ids
+from . import _gc, _stack, ids
 from . import instrumentation as _instrument
 from .errors import NotDifferentiableError, TraceInputError, describe
 from .model import Edge, Graph, Node, NodeKind, SavedTensor, TensorMeta
@@ -56,7 +56,8 @@ def trace(outputs, *, model: torch.nn.Module | None = None, saved: bool = True,
     param_names = {}
     if model is not None:
         param_names = {id(p): name for name, p in model.named_parameters()}
-    return _Walker(param_names, saved or show_saved, show_saved, _visit).run(roots)
+    with _gc.paused():
+        return _Walker(param_names, saved or show_saved, show_saved, _visit).run(roots)
 
 
 # -- inputs --------------------------------------------------------------------

@@ -219,3 +219,25 @@ def test_non_tensor_input_is_a_type_error(bad):
         ga.trace(bad)
     with pytest.raises(TypeError):
         ga.trace(bad)
+
+
+def test_tracing_pauses_the_garbage_collector_and_restores_its_state():
+    from graphviz_autograd import _gc
+    x = torch.randn(3, requires_grad=True)
+    seen = []
+
+    def visit(_fn, _node_id):
+        seen.append(gc.isenabled())
+    gc.enable()
+    ga.trace((x * 2).sum(), _visit=visit)
+    assert seen and not any(seen) and gc.isenabled()
+    gc.disable()
+    try:
+        ga.trace((x * 2).sum())
+        assert not gc.isenabled()           # left as the caller had it
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError):
+        with _gc.paused():
+            raise RuntimeError("boom")
+    assert gc.isenabled()

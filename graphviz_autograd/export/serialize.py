@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .. import _gc
 from ..errors import FormatError
 from ..model import SCHEMA_VERSION, Edge, Graph, Node, NodeKind, SavedTensor, TensorMeta
 
@@ -103,7 +104,8 @@ def from_json(text: str | bytes) -> Graph:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FormatError(f"graph text is not valid JSON ({exc}); pass the string "
                           "Graph.to_json() returned") from None
-    return from_dict(data)
+    with _gc.paused():
+        return from_dict(data)
 
 
 def load_graph(source) -> Graph:
