@@ -30,19 +30,20 @@ def run_findings(run, step: int, *, vanish_ratio: float = 1e-7, explode_norm: fl
     """What looks wrong at ``step`` of ``run`` (a ``Run`` or ``RankReader``)."""
     out: list[RunFinding] = []
     graph = run.graph_at(step)
-    loss = dict(zip(*run.loss()))
-    if step in loss and not math.isfinite(loss[step]):
-        out.append(RunFinding("nonfinite_loss", "error", f"the loss is {loss[step]} at step {step}", ()))
-    grads = run.stats_at(step, "param", "grad_norm")
-    if grads or run.stats_at(step, "param", "param_norm"):
-        out.extend(_param_findings(run, step, grads, vanish_ratio, explode_norm))
+    loss = run.scalar_at("loss", step)
+    if loss is not None and not math.isfinite(loss):
+        out.append(RunFinding("nonfinite_loss", "error", f"the loss is {loss} at step {step}", ()))
+    params = run.stats_table_at(step, "param", ("grad_norm", "param_norm"))   # one query per kind
+    if params["grad_norm"] or params["param_norm"]:
+        out.extend(_param_findings(step, params["grad_norm"], params["param_norm"], vanish_ratio,
+                                   explode_norm))
     if graph is not None:
-        out.extend(_node_findings(run, step, graph, dead_fraction, saturated_fraction))
+        nodes = run.stats_table_at(step, "node", ("grad_nan", "grad_inf", "act_zero_frac", "act_sat_frac"))
+        out.extend(_node_findings(step, graph, nodes, dead_fraction, saturated_fraction))
     return out
 
 
-def _param_findings(run, step, grads, vanish_ratio, explode_norm):
-    norms = run.stats_at(step, "param", "param_norm")
+def _param_findings(step, grads, norms, vanish_ratio, explode_norm):
     missing = sorted(k for k in norms if k not in grads)
     if missing:
         yield RunFinding("unused_parameter", "error",
@@ -68,9 +69,8 @@ def _param_findings(run, step, grads, vanish_ratio, explode_norm):
                          + ", ".join(f"{k} ({grads[k]:.3g})" for k in huge[:6]), tuple(f"param:{k}" for k in huge))
 
 
-def _node_findings(run, step, graph, dead_fraction, saturated_fraction):
-    nans = run.stats_at(step, "node", "grad_nan")
-    infs = run.stats_at(step, "node", "grad_inf")
+def _node_findings(step, graph, tables, dead_fraction, saturated_fraction):
+    nans, infs = tables["grad_nan"], tables["grad_inf"]
     nonfinite = [n for n in graph.nodes if n.kind is NodeKind.OP and (nans.get(n.id) or infs.get(n.id))]
     if nonfinite:
         first = max(nonfinite, key=lambda n: n.seq)      # backward runs from the last-created node
@@ -81,7 +81,7 @@ def _node_findings(run, step, graph, dead_fraction, saturated_fraction):
                          f"the gradient first turns NaN/Inf in backward at the output of {first.op} "
                          f"({first.id}{', ' + first.source if first.source else ''}): it was made by the "
                          f"backward of {culprit}", (first.id, *(u.id for u in users)))
-    dead = run.stats_at(step, "node", "act_zero_frac")
+    dead = tables["act_zero_frac"]
     for node_id, frac in sorted(dead.items()):
         if node_id in graph and "Relu" in graph.node(node_id).op and frac >= dead_fraction:
             n = graph.node(node_id)
@@ -89,7 +89,7 @@ def _node_findings(run, step, graph, dead_fraction, saturated_fraction):
                              f"{100 * frac:.1f}% of the outputs of {n.op} ({n.module or 'root'}"
                              f"{', ' + n.source if n.source else ''}) are exactly zero at step {step}: "
                              "dead ReLUs (check the bias and the learning rate)", (node_id,))
-    sat = run.stats_at(step, "node", "act_sat_frac")
+    sat = tables["act_sat_frac"]
     for node_id, frac in sorted(sat.items()):
         if node_id in graph and frac >= saturated_fraction:
             n = graph.node(node_id)

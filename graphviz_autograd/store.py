@@ -506,6 +506,11 @@ class RankReader(_Closing):
         return _to_series(self._fetch("SELECT step, value FROM scalars WHERE name = ? "
                                       "AND value IS NOT NULL ORDER BY step", (name,)))
 
+    def scalar_at(self, name: str, step: int) -> float | None:
+        """Scalar ``name`` at ``step`` (None when it was not logged there)."""
+        rows = self._fetch("SELECT value FROM scalars WHERE name = ? AND step = ?", (name, step))
+        return _decode(rows[0][0]) if rows else None
+
     def loss(self) -> Series:
         """The ``loss`` scalar by step."""
         return self.series("loss")
@@ -704,7 +709,8 @@ def _scan_ranks(run_dir: Path) -> dict[int, Path]:
 
 _DELEGATED = frozenset({"steps", "latest_step", "scalar_names", "series", "loss", "graph_versions",
                         "version_at", "graph_json", "graph", "graph_at", "keys", "has_key",
-                        "node_series", "param_series", "module_series", "stats_at", "matrix"})
+                        "node_series", "param_series", "module_series", "stats_at", "stats_table_at",
+                        "scalar_at", "matrix"})
 
 
 class Run(_Closing):

@@ -576,3 +576,13 @@ def test_stats_at_in_chunks_of_uneven_steps_and_several_stats_at_once(tmp_path):
     table = run.rank(0).stats_table_at(5, "param", ("grad_norm", "grad_nan", "act_mean"))
     assert table == {"grad_norm": {"w": 5.5}, "grad_nan": {}, "act_mean": {}}
     assert run.rank(0).stats_table_at(9, "param", ("grad_nan",)) == {"grad_nan": {"w": 0.0}}
+
+
+def test_scalar_at_one_step(tmp_path):
+    with RunWriter(tmp_path) as writer:
+        _write_steps(writer, [0, 3])
+        writer.add_step(4, wall_time=0.0, graph_version=None, scalars={"loss": float("nan"), "m": None})
+    run = open_run(tmp_path)
+    assert run.scalar_at("loss", 3) == 0.25 and run.scalar_at("loss", 1) is None
+    assert math.isnan(run.scalar_at("loss", 4)) and run.scalar_at("m", 4) is None
+    assert run.scalar_at("nope", 0) is None
