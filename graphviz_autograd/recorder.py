@@ -88,6 +88,7 @@ class Recorder:
             raise HookError(f"{type(model).__name__} already has an open Recorder writing to "
                             f"{_OPEN[model].run_dir}; close it (or use `with`) before starting another")
         self.model, self.optimizer, self.every, self.record = model, optimizer, every, set(record)
+        self._record_nodes, self._record_acts = "nodes" in self.record, "activations" in self.record
         self.source = source
         rank, world = _rank_and_world()
         # Under DistributedDataParallel name things after the wrapped model, so a
@@ -103,7 +104,7 @@ class Recorder:
         self._logged = 0
         self._last_step: int | None = None
         self.graph = None
-        self._details: list = []        # per creation index: (op, module, source, saved) last seen
+        self._details: list = []        # per creation index: (op, module, source, saved, tag) last seen
         self._updates = S.UpdateNorms([p for _, p in self._params])   # ||w_after - w_before||
         self._last_sig, self._last_version, self._last_slot_ids, self._unverified = None, None, {}, 0
         self._reset_step()
@@ -158,38 +159,42 @@ class Recorder:
             self._output = output       # fallback root when log() gets no loss
 
     def _on_node(self, node) -> None:
+        # Runs for every autograd node of a recorded forward: kept lean (attribute
+        # lookups and tuple building are most of its cost).
         try:
-            module = self._tracker.current
-            cls = type(node)
-            name = _OP_NAMES.get(cls) or _op_name(node)
-            k = len(self._sig)
-            self._sig.append((name, module))
+            tracker = self._tracker
+            stack = tracker.stack
+            module = stack[-1] if stack else ""
+            name = _OP_NAMES.get(type(node)) or _op_name(node)
+            sig = self._sig
+            k = len(sig)
+            sig.append((name, module))
             meta = node.metadata
-            meta[CALL_KEY] = self._tracker.current_call
-            known = self._details[k] if k < len(self._details) else None
-            if self._capture_saved or known is None or known[:2] != (name, module):
+            meta[CALL_KEY] = tracker.call_stack[-1] if stack else 0
+            details = self._details
+            known = details[k] if k < len(details) else None
+            if self._capture_saved or known is None or known[0] != name or known[1] != module:
                 # A new code path from here on (or the first step): read the details a new
                 # graph version needs now, while the saved tensors still exist.
                 self._capture_saved = True
                 source = _user_frame_location() if self.source else ""
                 saved = _step_saved(node, self._logged) if name != "AccumulateGrad" else None
-                if k >= len(self._details):
-                    self._details.extend([None] * (k + 1 - len(self._details)))
-                self._details[k] = (name, module, source, saved)
-            else:                       # same place in the same code path: reuse them
-                source, saved = known[2], known[3]
-            meta[META_KEY] = (module, source)
+                if k >= len(details):
+                    details.extend([None] * (k + 1 - len(details)))
+                details[k] = known = (name, module, source, saved, (module, source))
+            meta[META_KEY] = known[4]
             if name == "AccumulateGrad":
                 return
-            if saved is not None:
-                meta[SAVED_KEY] = saved
-            if "nodes" not in self.record or len(self._slots) >= MAX_SLOTS:
+            if known[3] is not None:
+                meta[SAVED_KEY] = known[3]
+            slots = self._slots
+            if not self._record_nodes or len(slots) >= MAX_SLOTS:
                 return
-            slot = len(self._slots)
-            self._slots.append(None)
+            slot = len(slots)
+            slots.append(None)
             meta[SLOT_KEY] = slot
             self._node_handles.append(node.register_prehook(self._grad_hook(slot)))
-            if "activations" in self.record and name.startswith(_ACT_OPS):
+            if self._record_acts and name.startswith(_ACT_OPS):
                 result = getattr(node, "_saved_result", None)
                 if isinstance(result, torch.Tensor):
                     self._node_acts[slot] = S.act_row(result, S.saturation_kind(name))
@@ -197,12 +202,12 @@ class Recorder:
             self._hook_failed(exc)
 
     def _grad_hook(self, slot: int):
-        slots = self._slots
+        slots, grad_row = self._slots, S.grad_row
 
         def hook(grad_outputs):
             if slot < len(slots):       # reduced now (so the gradient can be freed), read back at log()
                 try:
-                    slots[slot] = [S.grad_row(g) for g in grad_outputs if g is not None]
+                    slots[slot] = [grad_row(g) for g in grad_outputs if g is not None]
                 except Exception as exc:  # noqa: BLE001 - never break the backward pass
                     self._hook_failed(exc)
         return hook

@@ -1,25 +1,31 @@
 """Gradient and activation statistics, computed in as few calls as possible.
 
 Each tensor becomes a *row* of sums (sum of squares, sum, |max|, non-zeros, ...)
-as soon as it is seen, so the tensor itself can be freed:
+as soon as it is seen, so the tensor itself can be freed. On a small model the
+number of calls is the cost, not the data, so each tensor is read in as few as
+possible:
 
-- CPU tensors (float32/float64) up to 2^20 elements are reduced with NumPy on a
-  zero-copy view: a NumPy call costs ~1-2 µs where a torch op costs 5-10 µs (more when it wakes
-  torch's thread pool), and on small models the number of calls is the cost;
-  on LeNet-5's gradients (26 nodes) NumPy took 2.3 ms against 2.7 ms for torch
-  ops, measured during real backward passes. Dot products go through BLAS only
-  up to 10,000 elements, where OpenBLAS stays on the calling thread; above that
-  ``einsum`` does, so NumPy never starts threads that compete with torch's.
-- bigger tensors (where torch's thread pool wins), other dtypes and other
-  devices are reduced with torch ops into a small
-  float64 tensor; :func:`read_rows` reads all of those back with one
-  ``tolist()`` (one device sync per step).
+- CPU float32/float64 tensors whose elements fill one block of memory are read
+  once by the C extension ``_reduce`` (built with the package when a C compiler
+  is there; ``graphviz-autograd doctor`` says whether it is): one call of ~1 µs
+  plus ~0.15 ns per element with AVX2, all statistics exact. On LeNet-5's
+  gradients that is 10-40x fewer microseconds than NumPy.
+- Without the extension, CPU tensors up to 2^20 elements are reduced with NumPy
+  on a zero-copy view (4-5 calls of ~1-2 µs; a torch op costs 5-10 µs, more when
+  it wakes torch's thread pool). Dot products go through BLAS only up to 10,000
+  elements, where OpenBLAS stays on the calling thread; above that ``einsum``
+  does, so NumPy never starts threads that compete with torch's. Above 65,536
+  elements gradient zero counts and activation statistics are estimated from an
+  even sample (errors ~0.4%).
+- Bigger tensors, other dtypes and other devices are reduced with torch ops
+  into a small float64 tensor; :func:`read_rows` reads all of those back with
+  one ``tolist()`` (one device sync per step).
 
-Above 65,536 elements, gradient zero counts and all activation statistics (mean,
-std, zero and saturated fractions: population statistics) are estimated from an
-evenly strided sample of about 65,536 elements (errors ~0.4%); gradient norms,
-sums and |max| are always exact. NaN/Inf are counted where the norm is not finite
-(always on accelerators, to avoid a sync per tensor).
+Activation statistics (mean, std, zero and saturated fractions: population
+statistics) come from an even sample above :data:`ACT_EXACT_MAX` elements with
+the extension. Gradient norms, sums and |max| are always exact. NaN/Inf are
+counted where the norm is not finite (always on accelerators, to avoid a sync
+per tensor).
 
 Example:
     >>> import torch
@@ -34,13 +40,20 @@ import math
 import numpy as np
 import torch
 
+try:
+    from . import _reduce as NATIVE
+except ImportError:        # built without a C compiler: NumPy and torch do it
+    NATIVE = None
+
 GRAD_STATS = ("grad_norm", "grad_mean", "grad_std", "grad_absmax", "grad_zero_frac",
               "grad_nan", "grad_inf")
 ACT_STATS = ("act_mean", "act_std", "act_zero_frac", "act_sat_frac")
 # A gradient row: sum of squares, sum, |max|, non-zeros, NaNs, Infs, numel.
 # An activation row: sum, sum of squares, non-zeros, saturated (-1: not applicable), numel.
 _BLAS_MAX = 10_000         # OpenBLAS uses threads above this; einsum stays on this thread
-EXACT_COUNT_MAX = 65_536   # above this many elements, zero fractions are estimated from a sample
+EXACT_COUNT_MAX = 65_536   # without the extension, zero fractions are sampled above this
+ACT_EXACT_MAX = 1 << 22    # with it, activations are sampled (2^20 elements) above this
+_SAT_CODES = {None: 0, "tanh": 1, "sigmoid": 2}
 _NUMPY_DTYPES = (torch.float32, torch.float64)
 
 
@@ -55,10 +68,10 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1)
 
 
-def _sample_stride(n: int) -> int:
-    """Stride of an even sample of about :data:`EXACT_COUNT_MAX` of ``n`` elements: coprime
-    with ``n`` (so it does not line up with the tensor's dimensions); errors ~0.4%."""
-    stride = max(n // EXACT_COUNT_MAX, 1) | 1
+def _sample_stride(n: int, size: int = EXACT_COUNT_MAX) -> int:
+    """Stride of an even sample of about ``size`` of ``n`` elements: coprime with ``n``
+    (so it does not line up with the tensor's dimensions); errors ~0.4% at 65,536."""
+    stride = max(n // size, 1) | 1
     while stride > 1 and math.gcd(stride, n) != 1:
         stride += 2
     return stride
@@ -95,6 +108,42 @@ def _one_block(t: torch.Tensor) -> bool:
             return False
         expected *= size
     return True
+
+
+_F32, _F64, _STRIDED = torch.float32, torch.float64, torch.strided
+
+
+def _block(t: torch.Tensor):
+    """``(address, numel, is_float64)`` of a CPU float32/float64 tensor whose elements fill one
+    block of memory from its first address (in some order), for :data:`NATIVE`; else None.
+
+    Called for every gradient of a recorded step, so it uses the cheapest checks
+    (``is_cpu`` costs 60 ns, ``device.type`` 650 ns).
+    """
+    dtype = t.dtype
+    if ((dtype is not _F32 and dtype is not _F64) or not t.is_cpu or t.layout is not _STRIDED
+            or t.is_neg() or not (t.is_contiguous() or _one_block(t))):
+        return None
+    return t.data_ptr(), t.numel(), dtype is _F64
+
+
+def _native_grad_row(block) -> list:
+    ss, total, lo, hi, nonzero = NATIVE.grad(*block)
+    nan = inf = 0
+    absmax = max(-lo, hi)
+    if not math.isfinite(ss):
+        nan, inf = NATIVE.nan_inf(*block)
+        if nan:
+            absmax = math.nan
+    return [ss, total, absmax, nonzero, float(nan), float(inf), float(block[1])]
+
+
+def _native_act_row(block, saturation: str | None) -> list:
+    address, n, is_double = block
+    stride = 1 if n <= ACT_EXACT_MAX else _sample_stride(n, 1 << 20)
+    total, ss, nonzero, sat = NATIVE.act(address, n, stride, is_double, _SAT_CODES[saturation])
+    scale = n / -(-n // stride)
+    return [total * scale, ss * scale, nonzero * scale, sat * scale if saturation else -1.0, float(n)]
 
 
 NUMPY_MAX = 1 << 20         # above this many elements torch's multi-threaded reductions win
@@ -139,6 +188,10 @@ def grad_row(t: torch.Tensor | None):
     """The reductions of one gradient: a list of floats, a pending float64 tensor, or None if empty."""
     if t is None or not t.numel():
         return None
+    if NATIVE is not None:
+        block = _block(t)
+        if block is not None:
+            return _native_grad_row(block)
     a = _as_numpy(t)
     if a is not None:
         ss, total = _np_sums(a)
@@ -168,6 +221,10 @@ def act_row(t: torch.Tensor, saturation: str | None):
     """
     if not t.numel():
         return None
+    if NATIVE is not None:
+        block = _block(t)
+        if block is not None:
+            return _native_act_row(block, saturation)
     n = t.numel()
     a = _as_numpy(t)
     if a is not None:
@@ -278,6 +335,10 @@ def sq_norms(tensors: list[torch.Tensor], views: list | None = None) -> list[flo
     out: list[float | None] = []
     slow = []
     for i, t in enumerate(tensors):
+        block = _block(t) if NATIVE is not None else None
+        if block is not None:
+            out.append(NATIVE.grad(*block)[0])
+            continue
         a = views[i] if views is not None else _as_numpy(t)
         if a is None:
             slow.append(i)
@@ -316,7 +377,7 @@ class TensorViews:
 class UpdateNorms:
     """``||w_before - w_after||^2`` of every parameter across one ``optimizer.step()``.
 
-    One buffer, allocated once, holds the parameters before the step.
+    One buffer, allocated once with the parameters' memory layout, holds them before the step.
     """
 
     def __init__(self, params: list[torch.Tensor]):
@@ -329,7 +390,7 @@ class UpdateNorms:
         params, views = self.params.tensors, self.params.get()
         if self._generation != self.params.generation:
             with torch.no_grad():
-                self._buf = [p.detach().clone(memory_format=torch.contiguous_format) for p in params]
+                self._buf = [p.detach().clone() for p in params]    # same strides: copies are block copies
             self._buf_np = [_as_numpy(b) for b in self._buf]
             self._generation = self.params.generation
             return
@@ -347,16 +408,23 @@ class UpdateNorms:
         params, views = self.params.tensors, self.params.get()
         if self._generation != self.params.generation:     # moved during the step: no update to measure
             return [math.nan] * len(params)
-        rest_buf, rest_now = [], []
-        for b, bn, p, pn in zip(self._buf, self._buf_np, params, views):
-            if bn is not None and pn is not None:
+        out: list = [None] * len(params)
+        rest = []
+        for i, (b, bn, p, pn) in enumerate(zip(self._buf, self._buf_np, params, views)):
+            block = _block(p) if NATIVE is not None else None
+            if block is not None and b.stride() == p.stride():
+                out[i] = NATIVE.diff(b.data_ptr(), *block)     # one pass, nothing written
+            elif bn is not None and pn is not None:
                 np.subtract(bn, pn, out=bn)
+                out[i] = _np_ss(bn)
             else:
-                rest_buf.append(b), rest_now.append(p.detach())
-        if rest_buf:
+                rest.append(i)
+        if rest:
             with torch.no_grad():
-                torch._foreach_sub_(rest_buf, rest_now)
-        return sq_norms(self._buf, self._buf_np)
+                torch._foreach_sub_([self._buf[i] for i in rest], [params[i].detach() for i in rest])
+            for i, v in zip(rest, sq_norms([self._buf[i] for i in rest])):
+                out[i] = v
+        return out
 
     def clear(self) -> None:
         self._buf, self._buf_np, self._generation = [], [], -1

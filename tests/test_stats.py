@@ -4,11 +4,30 @@ precision, NaN/Inf, empty, and tensors large enough for sampled zero counts."""
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
 
 from graphviz_autograd import stats as S
+
+
+@pytest.fixture(params=["native", "numpy"], autouse=True)
+def path(request, monkeypatch):
+    """Every test runs through the C extension and through the NumPy/torch fallback."""
+    if request.param == "numpy":
+        monkeypatch.setattr(S, "NATIVE", None)
+    elif S.NATIVE is None:
+        pytest.skip("graphviz_autograd._reduce was not built (no C compiler at install time)")
+    return request.param
+
+
+def test_the_extension_is_built_where_a_c_compiler_is(path):
+    if path == "numpy":
+        pytest.skip("about the native build")
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler here: the NumPy fallback is in use")
+    assert S.NATIVE is not None and S.NATIVE.__name__ == "graphviz_autograd._reduce"
 
 
 def expected(t: torch.Tensor) -> dict:
@@ -39,6 +58,8 @@ FORMS = {
     "bfloat16": lambda: _with_zeros((11, 3)).bfloat16(),
     "above the BLAS threshold": lambda: _with_zeros((120, 100)),
     "above NUMPY_MAX (torch path)": lambda: _with_zeros((1100, 1000)),
+    "negative-bit view": lambda: torch._neg_view(_with_zeros((6, 7))),
+    "transposed float64, large": lambda: _with_zeros((400, 300), torch.float64).t(),
 }
 
 
@@ -52,11 +73,12 @@ def test_gradient_statistics_match_torch(form):
         assert got[k] == pytest.approx(v, rel=1e-4, abs=0.005 if sampled else 1e-6), (form, k)
 
 
-def test_zero_fraction_of_a_large_tensor_is_sampled_within_half_a_percent():
+def test_zero_fraction_of_a_large_tensor_is_sampled_within_half_a_percent(path):
     t = _with_zeros((300, 1000))           # 300,000 elements: above EXACT_COUNT_MAX
     [got] = S.batch_grad_stats([[t]])
     want = expected(t)
-    assert got["grad_zero_frac"] == pytest.approx(want["grad_zero_frac"], abs=0.005)
+    exact = path == "native"               # the extension counts every element in its one pass
+    assert got["grad_zero_frac"] == pytest.approx(want["grad_zero_frac"], abs=1e-12 if exact else 0.005)
     assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)   # exact, not sampled
     assert got["grad_absmax"] == want["grad_absmax"]
 
@@ -68,12 +90,21 @@ def test_a_group_combines_its_tensors_as_one_set_of_elements():
     assert got == pytest.approx(want, rel=1e-5, abs=1e-9)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_nan_and_inf_are_counted(dtype):
-    t = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 0.0], dtype=dtype)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("size", [5, 100_003])
+def test_nan_and_inf_are_counted(dtype, size):
+    t = torch.zeros(size, dtype=dtype)
+    t[:5] = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 0.0])
     [got] = S.batch_grad_stats([[t]])
     assert (got["grad_nan"], got["grad_inf"]) == (1.0, 2.0)
     assert math.isnan(got["grad_norm"]) and math.isnan(got["grad_absmax"])
+
+
+def test_inf_without_nan_keeps_an_infinite_norm_and_max():
+    t = torch.tensor([1.0, -float("inf"), 2.0, 0.0])
+    [got] = S.batch_grad_stats([[t]])
+    assert (got["grad_nan"], got["grad_inf"]) == (0.0, 1.0)
+    assert got["grad_norm"] == math.inf and got["grad_absmax"] == math.inf
 
 
 def test_empty_and_missing_gradients_give_no_statistics():
@@ -83,12 +114,14 @@ def test_empty_and_missing_gradients_give_no_statistics():
 @pytest.mark.parametrize("kind,fn,sat", [("tanh", torch.tanh, lambda y: y.abs() > 0.99),
                                          ("sigmoid", torch.sigmoid, lambda y: (y < 0.01) | (y > 0.99)),
                                          (None, torch.relu, None)])
-@pytest.mark.parametrize("shape", [(8, 50), (400, 500)])
-def test_activation_statistics_match_torch(kind, fn, sat, shape):
+@pytest.mark.parametrize("shape", [(8, 50), (400, 500), (2100, 2100)])
+def test_activation_statistics_match_torch(kind, fn, sat, shape, path):
     y = fn(torch.randn(*shape, generator=torch.Generator().manual_seed(1)) * 3)
-    sampled = y.numel() > S.EXACT_COUNT_MAX       # estimated from an even sample above this
-    frac_tol, rel = (0.01, 0.01) if sampled else (1e-9, 1e-5)
-    for form in (y, y.float().to(torch.float16)):          # the NumPy path and the torch path
+    for form in (y, y.float().to(torch.float16)):          # the native or NumPy path, the torch path
+        # estimated from an even sample above this many elements
+        native = path == "native" and form.dtype == torch.float32
+        sampled = y.numel() > (S.ACT_EXACT_MAX if native else S.EXACT_COUNT_MAX)
+        frac_tol, rel = (0.01, 0.01) if sampled else (1e-9, 1e-5)
         got = S.act_stats(S.read_rows([S.act_row(form, kind)]))
         g = form.double().reshape(-1)
         assert got["act_mean"] == pytest.approx(g.mean().item(), rel=rel, abs=0.01 * g.std().item()
@@ -121,3 +154,20 @@ def test_update_norms_measure_what_the_optimizer_step_changed():
     updates.before()
     opt.step()
     assert all(math.isfinite(v) for v in updates.after())
+
+
+def test_update_norms_of_a_transposed_parameter_compare_elements_in_place():
+    torch.manual_seed(1)
+    w = torch.nn.Parameter(torch.randn(5, 4).t())           # non-contiguous: one block, other order
+    b = torch.nn.Parameter(torch.randn(4, 6)[:, ::2])        # not one block: the torch path
+    opt = torch.optim.SGD([w, b], lr=0.3, momentum=0.9)
+    updates = S.UpdateNorms([w, b])
+    for _ in range(3):                                       # the first step allocates the buffers
+        opt.zero_grad()
+        (w.sum(dim=1) * torch.arange(4.0)).sum().backward()
+        b.pow(2).sum().backward()
+        before = [w.detach().clone(), b.detach().clone()]
+        updates.before()
+        opt.step()
+        want = [(x - p.detach()).pow(2).sum().item() for x, p in zip(before, (w, b))]
+        assert updates.after() == pytest.approx(want, rel=1e-5)
