@@ -3,7 +3,8 @@
 Usage: python benchmarks/bench_recorder.py [--steps N] [--model lenet|resnet18] [--batch B]
 Prints each configuration's mean step time and its ratio to the plain step (median over rounds).
 Each configuration trains its own copy of the model; steps are interleaved one by one
-across configurations so machine noise hits all alike.
+across configurations, in an order that rotates each step, so machine noise hits all alike.
+A second plain configuration is a control: its ratio to the first shows the noise floor.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from examples.models import LeNet5  # noqa: E402
 
 CONFIGS = {
     "plain": None,
+    "plain again (control)": None,
     "params every step": dict(every=1, record=("params",)),
     "params+nodes every step": dict(every=1, record=("params", "nodes")),
     "all every step": dict(every=1),
@@ -52,8 +54,9 @@ def run(model_name: str, steps: int, batch: int, rounds: int, warmup: int = 10) 
     y = torch.randint(0, 10, (batch,))
     times: dict[str, list[list[float]]] = {k: [] for k in CONFIGS}
     tmp = tempfile.mkdtemp()
-    models = {name: copy.deepcopy(base) for name in CONFIGS}
-    opts = {name: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for name, m in models.items()}
+    copies = [copy.deepcopy(base) for _ in CONFIGS]
+    copy_opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in copies]
+    models, opts = {}, {}
 
     def step(name):
         model, opt = models[name], opts[name]
@@ -63,10 +66,17 @@ def run(model_name: str, steps: int, batch: int, rounds: int, warmup: int = 10) 
         opt.step()
         return loss
 
-    for name in CONFIGS:
-        for _ in range(3):
-            step(name)
     for r in range(rounds):
+        # Each round hands the model copies to the configurations in a rotated order:
+        # where a copy's tensors land in memory made one plain copy 3% slower than
+        # another for a whole run, so no configuration may keep one copy.
+        for k, name in enumerate(CONFIGS):
+            j = (k + r) % len(copies)
+            models[name], opts[name] = copies[j], copy_opts[j]
+        if r == 0:
+            for name in CONFIGS:
+                for _ in range(3):
+                    step(name)
         recs = {}
         try:
             for name, cfg in CONFIGS.items():
@@ -75,8 +85,13 @@ def run(model_name: str, steps: int, batch: int, rounds: int, warmup: int = 10) 
                                              optimizer=opts[name], overwrite=True, **cfg)
             for name in CONFIGS:
                 times[name].append([])
+            names = list(CONFIGS)
             for i in range(warmup + steps):
-                for name in CONFIGS:
+                # rotate the order each step: whichever configuration runs first after
+                # another one measured up to 5% slower (caches, allocator), so none may
+                # always hold the same place
+                k = i % len(names)
+                for name in names[k:] + names[:k]:
                     rec = recs.get(name)
                     t0 = time.perf_counter()
                     loss = step(name)
@@ -94,7 +109,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="lenet", choices=["lenet", "resnet18"])
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=6,
+                    help="rounds; a multiple of the 6 configurations gives each every model copy")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--warmup", type=int, default=10, help="untimed steps at the start of each round")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")

@@ -11,13 +11,13 @@
  *
  * float32 is summed in float within blocks of BLOCK elements (8-wide vectors)
  * and the blocks in double: relative error ~1e-7 against a double sum.
- * NaN and Inf are not counted here; when the sum of squares is not finite the
- * caller asks for nan_inf().
+ * NaN and Inf are counted in a second pass, only when the sum of squares is not finite.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
@@ -145,27 +145,32 @@ static int parse_block(PyObject *args, const char *fmt, unsigned long long *addr
     return 1;
 }
 
-static PyObject *grad(PyObject *self, PyObject *args) {
-    unsigned long long addr; Py_ssize_t n; int dbl; grad_t r;
-    if (!parse_block(args, "Knp", &addr, &n, &dbl)) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    r = dbl ? grad_f64((const double *)(uintptr_t)addr, n) : grad_f32((const float *)(uintptr_t)addr, n);
-    Py_END_ALLOW_THREADS
-    return Py_BuildValue("(ddddd)", r.ss, r.s, r.lo, r.hi, r.nz);
-}
-
-static PyObject *nan_inf(PyObject *self, PyObject *args) {
-    unsigned long long addr; Py_ssize_t n, nan = 0, inf = 0; int dbl;
-    if (!parse_block(args, "Knp", &addr, &n, &dbl)) return NULL;
-    Py_BEGIN_ALLOW_THREADS
+static void count_nan_inf(const void *p, Py_ssize_t n, int dbl, Py_ssize_t *nan, Py_ssize_t *inf) {
+    Py_ssize_t a = 0, b = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        double v = dbl ? ((const double *)(uintptr_t)addr)[i] : ((const float *)(uintptr_t)addr)[i];
-        nan += isnan(v) != 0; inf += isinf(v) != 0;
+        double v = dbl ? ((const double *)p)[i] : ((const float *)p)[i];
+        a += isnan(v) != 0; b += isinf(v) != 0;
     }
-    Py_END_ALLOW_THREADS
-    return Py_BuildValue("(nn)", nan, inf);
+    *nan = a; *inf = b;
 }
 
+/* The gradient row of stats.py: (sum of squares, sum, |max|, non-zeros, NaNs, Infs, n).
+ * NaN and Inf are counted only when the sum of squares is not finite; |max| is NaN
+ * when there is a NaN (min/max are not reliable then). */
+static PyObject *grad(PyObject *self, PyObject *args) {
+    unsigned long long addr; Py_ssize_t n, nan = 0, inf = 0; int dbl; grad_t r;
+    if (!parse_block(args, "Knp", &addr, &n, &dbl)) return NULL;
+    const void *p = (const void *)(uintptr_t)addr;
+    Py_BEGIN_ALLOW_THREADS
+    r = dbl ? grad_f64((const double *)p, n) : grad_f32((const float *)p, n);
+    if (!isfinite(r.ss)) count_nan_inf(p, n, dbl, &nan, &inf);
+    Py_END_ALLOW_THREADS
+    double absmax = nan ? NAN : (-r.lo > r.hi ? -r.lo : r.hi);
+    return Py_BuildValue("(ddddddd)", r.ss, r.s, absmax, r.nz, (double)nan, (double)inf, (double)n);
+}
+
+/* The activation row of stats.py: (sum, sum of squares, non-zeros, saturated or -1, n),
+ * estimated from elements 0, stride, 2*stride, ... (scaled up to n). */
 static PyObject *act(PyObject *self, PyObject *args) {
     unsigned long long addr; Py_ssize_t n, stride; int dbl, kind; act_t r;
     if (!PyArg_ParseTuple(args, "Knnpi", &addr, &n, &stride, &dbl, &kind)) return NULL;
@@ -179,7 +184,10 @@ static PyObject *act(PyObject *self, PyObject *args) {
     else if (dbl) r = act_strided_f64((const double *)(uintptr_t)addr, n, stride, kind);
     else r = act_strided_f32((const float *)(uintptr_t)addr, n, stride, kind);
     Py_END_ALLOW_THREADS
-    return Py_BuildValue("(dddd)", r.s, r.ss, r.nz, r.sat);
+    Py_ssize_t seen = n ? (n - 1) / stride + 1 : 0;
+    double scale = seen ? (double)n / (double)seen : 0.0;
+    return Py_BuildValue("(ddddd)", r.s * scale, r.ss * scale, r.nz * scale,
+                         kind == SAT_NONE ? -1.0 : r.sat * scale, (double)n);
 }
 
 static PyObject *diff(PyObject *self, PyObject *args) {
@@ -196,16 +204,29 @@ static PyObject *diff(PyObject *self, PyObject *args) {
     return PyFloat_FromDouble(dd);
 }
 
+static PyObject *copy(PyObject *self, PyObject *args) {
+    unsigned long long dst, src; Py_ssize_t n; int dbl;
+    if (!PyArg_ParseTuple(args, "KKnp", &dst, &src, &n, &dbl)) return NULL;
+    if (n < 0 || ((dst == 0 || src == 0) && n > 0)) {
+        PyErr_Format(PyExc_ValueError, "bad blocks: addresses %llu, %llu, %zd elements", dst, src, n);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    memmove((void *)(uintptr_t)dst, (const void *)(uintptr_t)src, (size_t)n * (dbl ? 8 : 4));
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"grad", grad, METH_VARARGS,
-     "grad(address, n, is_double) -> (sum of squares, sum, min, max, non-zeros)"},
-    {"nan_inf", nan_inf, METH_VARARGS, "nan_inf(address, n, is_double) -> (NaNs, Infs)"},
+     "grad(address, n, is_double) -> (sum of squares, sum, |max|, non-zeros, NaNs, Infs, n)"},
     {"act", act, METH_VARARGS,
-     "act(address, n, stride, is_double, kind) -> (sum, sum of squares, non-zeros, saturated) "
-     "over elements 0, stride, 2*stride, ...; kind 0 none, 1 tanh (|y| > 0.99), "
-     "2 sigmoid (y < 0.01 or y > 0.99)"},
+     "act(address, n, stride, is_double, kind) -> (sum, sum of squares, non-zeros, saturated, n) "
+     "from elements 0, stride, 2*stride, ... scaled up to n; kind 0 none (saturated: -1), "
+     "1 tanh (|y| > 0.99), 2 sigmoid (y < 0.01 or y > 0.99)"},
     {"diff", diff, METH_VARARGS,
      "diff(address_a, address_b, n, is_double) -> ||a - b||^2"},
+    {"copy", copy, METH_VARARGS, "copy(address_dst, address_src, n, is_double): dst[:n] = src[:n]"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_reduce",

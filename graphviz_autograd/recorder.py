@@ -37,6 +37,9 @@ MAX_SLOTS = 1_000_000
 VERIFY_EVERY = 100     # re-trace at least every this many recorded steps, even if nothing changed
 _OP_NAMES: dict[type, str] = {}
 _ACT_OPS = ("ReluBackward", "SigmoidBackward", "TanhBackward")
+# A store row: GRAD_STATS, param_norm and update_ratio, ACT_STATS (store.STATS, in its order)
+ROW_STATS = S.GRAD_STATS + ("param_norm", "update_ratio") + S.ACT_STATS
+_NO_GRAD, _NO_PARAM, _NO_ACT = (None,) * len(S.GRAD_STATS), (None, None), (None,) * len(S.ACT_STATS)
 _OPEN: "weakref.WeakKeyDictionary[torch.nn.Module, Recorder]" = weakref.WeakKeyDictionary()
 
 
@@ -108,16 +111,11 @@ class Recorder:
         self._updates = S.UpdateNorms([p for _, p in self._params])   # ||w_after - w_before||
         self._last_sig, self._last_version, self._last_slot_ids, self._unverified = None, None, {}, 0
         self._reset_step()
-        self._handles: list = []
+        self._handles: list = []        # model and optimizer hooks, on around recorded steps
         self._tracker = ModuleTracker(self._named, on_output=self._on_module_output)
         instrumentation.ACTIVE_EVER = True
         try:
-            self._tracker.install()
-            self._handles.append(model.register_forward_pre_hook(self._on_forward_start))
-            self._handles.append(model.register_forward_hook(self._on_forward_end))
-            if optimizer is not None and "params" in self.record:
-                self._handles.append(optimizer.register_step_pre_hook(self._before_opt_step))
-                self._handles.append(optimizer.register_step_post_hook(self._after_opt_step))
+            self._install_hooks()       # the first step records
         except BaseException:
             self._remove_hooks()
             self._writer.close()
@@ -207,7 +205,10 @@ class Recorder:
         def hook(grad_outputs):
             if slot < len(slots):       # reduced now (so the gradient can be freed), read back at log()
                 try:
-                    slots[slot] = [grad_row(g) for g in grad_outputs if g is not None]
+                    if len(grad_outputs) == 1:      # most nodes: no list comprehension
+                        slots[slot] = [grad_row(grad_outputs[0])]
+                    else:
+                        slots[slot] = [grad_row(g) for g in grad_outputs if g is not None]
                 except Exception as exc:  # noqa: BLE001 - never break the backward pass
                     self._hook_failed(exc)
         return hook
@@ -272,19 +273,30 @@ class Recorder:
                 self._end_capture()
             self._logged += 1
             self._last_step = step
-            if self._recording_this_step() != self._tracker.installed:
+            if self._recording_this_step() != bool(self._handles):
                 self._arm()
 
     def _arm(self) -> None:
-        """Module hooks only around recorded steps: unrecorded ones run at full speed."""
+        """Hooks only around recorded steps: the steps in between run as if no recorder were
+        there (a hook on a module sends every call of it down PyTorch's slow path)."""
         want = not self._closed and self._recording_this_step()
-        if want and not self._tracker.installed:
+        if want and not self._handles:
             try:
-                self._tracker.install()
-            except Exception as exc:  # noqa: BLE001 - the next step just records no modules
+                self._install_hooks()
+            except Exception as exc:  # noqa: BLE001 - the next step just records less
+                self._remove_hooks()
                 self._hook_failed(exc)
-        elif not want and self._tracker.installed:
-            self._tracker.remove()
+        elif not want and self._handles:
+            self._remove_hooks()
+
+    def _install_hooks(self) -> None:
+        model, optimizer = self.model, self.optimizer
+        self._handles.append(model.register_forward_pre_hook(self._on_forward_start))
+        self._handles.append(model.register_forward_hook(self._on_forward_end))
+        if optimizer is not None and "params" in self.record:
+            self._handles.append(optimizer.register_step_pre_hook(self._before_opt_step))
+            self._handles.append(optimizer.register_step_post_hook(self._after_opt_step))
+        self._tracker.install()
 
     def _collect(self, step: int, loss):
         sig = tuple(self._sig)
@@ -331,39 +343,40 @@ class Recorder:
         return version, slot_ids
 
     def _statistics(self, slot_ids: dict[int, str]) -> dict:
-        # Every row of the step, read back at once: [(kind, key, "grad" | "act", first, count)].
+        """The step's rows for the store: ``{kind: [(key, values in STATS order)]}``."""
+        # Every row of the step, read back at once; spans: (kind, key, first, gradient rows, act rows)
         rows, spans = [], []
-
-        def add(kind, key, what, group):
-            spans.append((kind, key, what, len(rows), len(group)))
-            rows.extend(group)
+        slots, node_acts = self._slots, self._node_acts
         for slot, node_id in slot_ids.items():
-            if self._slots[slot]:
-                add("node", node_id, "grad", self._slots[slot])
-            if slot in self._node_acts:
-                add("node", node_id, "act", [self._node_acts[slot]])
+            grads, act = slots[slot], node_acts.get(slot)
+            if grads or act is not None:
+                spans.append(("node", node_id, len(rows), len(grads) if grads else 0, act is not None))
+                if grads:
+                    rows.extend(grads)
+                if act is not None:
+                    rows.append(act)
+        first_param = len(rows)
         params = [p for _, p in self._params] if "params" in self.record else []
-        for name, p in self._params if params else ():
-            add("param", name, "grad", [S.grad_row(p.grad)])
+        rows.extend(S.grad_row(p.grad) for p in params)
         for name, group in self._acts.items():
-            add("module", name, "act", group)
+            spans.append(("module", name, len(rows), 0, len(group)))
+            rows.extend(group)
         rows = S.read_rows(rows)
-        out: dict[str, dict[str, dict]] = {"node": {}, "param": {}, "module": {}}
-        for kind, key, what, first, count in spans:
-            part = rows[first:first + count]
-            if what == "grad":
-                out[kind][key] = S.grad_stats(part) or {k: None for k in S.GRAD_STATS}
-            else:
-                out[kind].setdefault(key, {}).update(S.act_stats(part))
+        out: dict[str, list] = {"node": [], "param": [], "module": []}
+        for kind, key, first, n_grads, n_acts in spans:
+            grads = S.grad_values(rows[first:first + n_grads]) if n_grads else None
+            acts = S.act_values(rows[first + n_grads:first + n_grads + n_acts]) if n_acts else None
+            out[kind].append((key, (grads or _NO_GRAD) + _NO_PARAM + (acts or _NO_ACT)))
         if params:
-            norms = [math.sqrt(v) for v in S.sq_norms(params, self._updates.params.get())]
+            norms = [math.sqrt(v) for v in S.sq_norms(params, self._updates.params)]
             updates = self._update_norms
             for i, (name, p) in enumerate(self._params):
-                row = out["param"][name]
-                row["param_norm"] = norms[i]
+                ratio = None
                 if updates is not None:
-                    row["update_ratio"] = math.sqrt(updates[i]) / norms[i] if norms[i] > 0 else math.nan
-        return {kind: list(rows.items()) for kind, rows in out.items() if rows}
+                    ratio = math.sqrt(updates[i]) / norms[i] if norms[i] > 0 else math.nan
+                grads = S.grad_values([rows[first_param + i]]) or _NO_GRAD
+                out["param"].append((name, grads + (norms[i], ratio) + _NO_ACT))
+        return {kind: entries for kind, entries in out.items() if entries}
 
     def _end_capture(self) -> None:
         if self._capturing and self._capture_thread == threading.get_ident():

@@ -127,23 +127,10 @@ def _block(t: torch.Tensor):
     return t.data_ptr(), t.numel(), dtype is _F64
 
 
-def _native_grad_row(block) -> list:
-    ss, total, lo, hi, nonzero = NATIVE.grad(*block)
-    nan = inf = 0
-    absmax = max(-lo, hi)
-    if not math.isfinite(ss):
-        nan, inf = NATIVE.nan_inf(*block)
-        if nan:
-            absmax = math.nan
-    return [ss, total, absmax, nonzero, float(nan), float(inf), float(block[1])]
-
-
-def _native_act_row(block, saturation: str | None) -> list:
+def _native_act_row(block, saturation: str | None) -> tuple:
     address, n, is_double = block
     stride = 1 if n <= ACT_EXACT_MAX else _sample_stride(n, 1 << 20)
-    total, ss, nonzero, sat = NATIVE.act(address, n, stride, is_double, _SAT_CODES[saturation])
-    scale = n / -(-n // stride)
-    return [total * scale, ss * scale, nonzero * scale, sat * scale if saturation else -1.0, float(n)]
+    return NATIVE.act(address, n, stride, is_double, _SAT_CODES[saturation])
 
 
 NUMPY_MAX = 1 << 20         # above this many elements torch's multi-threaded reductions win
@@ -186,12 +173,17 @@ def _np_sums(a: np.ndarray) -> tuple[float, float]:
 
 def grad_row(t: torch.Tensor | None):
     """The reductions of one gradient: a list of floats, a pending float64 tensor, or None if empty."""
-    if t is None or not t.numel():
+    if t is None:
         return None
     if NATIVE is not None:
-        block = _block(t)
-        if block is not None:
-            return _native_grad_row(block)
+        # inlined _block(): this runs in every detector hook, during backward
+        dtype = t.dtype
+        if ((dtype is _F32 or dtype is _F64) and t.is_cpu and t.layout is _STRIDED
+                and not t.is_neg() and (t.is_contiguous() or _one_block(t))):
+            n = t.numel()
+            return NATIVE.grad(t.data_ptr(), n, dtype is _F64) if n else None
+    if not t.numel():
+        return None
     a = _as_numpy(t)
     if a is not None:
         ss, total = _np_sums(a)
@@ -275,35 +267,54 @@ def read_rows(rows: list) -> list:
     return out
 
 
-def grad_stats(rows: list) -> dict[str, float] | None:
-    """Readable statistics of the elements of several gradient rows together (None if none)."""
-    rows = [r for r in rows if r is not None]
-    if not rows:
-        return None
-    ss, s, amax, nzc, nan, inf, n = rows[0]
-    for r in rows[1:]:
+def grad_values(rows: list) -> tuple | None:
+    """The :data:`GRAD_STATS` of the elements of several gradient rows together, in that
+    order (None if there are none)."""
+    if len(rows) == 1:                  # most keys: one tensor
+        if rows[0] is None:
+            return None
+        ss, s, amax, nzc, nan, inf, n = rows[0]
+        rows = ()
+    else:
+        rows = [r for r in rows if r is not None]
+        if not rows:
+            return None
+        ss, s, amax, nzc, nan, inf, n = rows[0]
+        rows = rows[1:]
+    for r in rows:
         ss, s, nzc, nan, inf, n = ss + r[0], s + r[1], nzc + r[3], nan + r[4], inf + r[5], n + r[6]
         amax = r[2] if math.isnan(r[2]) or r[2] > amax else amax
     mean = s / n
     var = (ss - n * mean * mean) / (n - 1) if n > 1 else 0.0
     std = math.sqrt(var) if var > 0 else (var if math.isnan(var) else 0.0)
-    return {"grad_norm": math.sqrt(ss) if ss >= 0 else math.nan, "grad_mean": mean,
-            "grad_std": std, "grad_absmax": amax, "grad_zero_frac": 1.0 - nzc / n,
-            "grad_nan": nan, "grad_inf": inf}
+    return (math.sqrt(ss) if ss >= 0 else math.nan, mean, std, amax, 1.0 - nzc / n, nan, inf)
+
+
+def grad_stats(rows: list) -> dict[str, float] | None:
+    """Readable statistics of the elements of several gradient rows together (None if none)."""
+    values = grad_values(rows)
+    return None if values is None else dict(zip(GRAD_STATS, values))
+
+
+def act_values(rows: list) -> tuple | None:
+    """The :data:`ACT_STATS` of one or more activation rows together, in that order; the
+    saturated fraction is None where it does not apply (None if there are no rows)."""
+    rows = [r for r in rows if r is not None]
+    if not rows:
+        return None
+    s, ss, nz, sat, n = rows[0] if len(rows) == 1 else [sum(col) for col in zip(*rows)]
+    mean = s / n
+    var = (ss - n * mean * mean) / (n - 1) if n > 1 else 0.0
+    saturated = sat / n if all(r[3] >= 0 for r in rows) else None
+    return (mean, math.sqrt(var) if var > 0 else 0.0, 1.0 - nz / n, saturated)
 
 
 def act_stats(rows: list) -> dict[str, float]:
     """Readable statistics of one or more activation rows together (missing ones left out)."""
-    rows = [r for r in rows if r is not None]
-    if not rows:
+    values = act_values(rows)
+    if values is None:
         return {}
-    s, ss, nz, sat, n = (sum(col) for col in zip(*rows))
-    mean = s / n
-    var = (ss - n * mean * mean) / (n - 1) if n > 1 else 0.0
-    out = {"act_mean": mean, "act_std": math.sqrt(var) if var > 0 else 0.0, "act_zero_frac": 1.0 - nz / n}
-    if all(r[3] >= 0 for r in rows):
-        out["act_sat_frac"] = sat / n
-    return out
+    return {k: v for k, v in zip(ACT_STATS, values) if v is not None}
 
 
 def saturation_kind(op_or_module: str) -> str | None:
@@ -327,19 +338,24 @@ def batch_grad_stats(groups: list[list[torch.Tensor]]) -> list[dict[str, float] 
     return out
 
 
-def sq_norms(tensors: list[torch.Tensor], views: list | None = None) -> list[float]:
+def sq_norms(tensors: list[torch.Tensor], views: TensorViews | None = None) -> list[float]:
     """Squared L2 norms of many tensors (NumPy on the CPU, one sync otherwise).
 
-    ``views``: their flat NumPy views when already known (see :class:`TensorViews`).
+    ``views``: the :class:`TensorViews` of ``tensors`` when there is one (cached views).
     """
     out: list[float | None] = []
     slow = []
+    flat = views.get() if views is not None else None
+    blocks = views.blocks if views is not None else None
     for i, t in enumerate(tensors):
-        block = _block(t) if NATIVE is not None else None
+        if blocks is not None:
+            block = blocks[i]
+        else:
+            block = _block(t) if NATIVE is not None else None
         if block is not None:
             out.append(NATIVE.grad(*block)[0])
             continue
-        a = views[i] if views is not None else _as_numpy(t)
+        a = flat[i] if flat is not None else _as_numpy(t)
         if a is None:
             slow.append(i)
             out.append(None)
@@ -354,7 +370,8 @@ def sq_norms(tensors: list[torch.Tensor], views: list | None = None) -> list[flo
 
 
 class TensorViews:
-    """Flat NumPy views of a fixed list of tensors (the parameters), rebuilt only when a storage moves.
+    """Flat NumPy views (and :data:`NATIVE` blocks) of a fixed list of tensors (the
+    parameters), rebuilt only when a storage moves.
 
     ``generation`` counts rebuilds, so users of the views know when to rebuild their own buffers.
     """
@@ -362,13 +379,16 @@ class TensorViews:
     def __init__(self, tensors: list[torch.Tensor]):
         self.tensors = tensors
         self.generation = 0
-        self._ptrs: list[int] | None = None
+        self._ptrs: list[tuple[int, int]] | None = None
         self._views: list = []
+        self.blocks: list = []
 
     def get(self) -> list:
-        ptrs = [t.data_ptr() for t in self.tensors]
+        # address and size: the native blocks must never outgrow a storage that shrank in place
+        ptrs = [(t.data_ptr(), t.numel()) for t in self.tensors]
         if ptrs != self._ptrs:
             self._views = [_as_numpy(t) for t in self.tensors]
+            self.blocks = [_block(t) if NATIVE is not None else None for t in self.tensors]
             self._ptrs = ptrs
             self.generation += 1
         return self._views
@@ -384,6 +404,7 @@ class UpdateNorms:
         self.params = TensorViews(params)
         self._buf: list[torch.Tensor] = []
         self._buf_np: list = []
+        self._pairs: list = []      # (buffer address, parameter address, numel, is_float64) or None
         self._generation = -1
 
     def before(self) -> None:
@@ -392,11 +413,15 @@ class UpdateNorms:
             with torch.no_grad():
                 self._buf = [p.detach().clone() for p in params]    # same strides: copies are block copies
             self._buf_np = [_as_numpy(b) for b in self._buf]
+            self._pairs = [(b.data_ptr(), *block) if block is not None and b.stride() == p.stride()
+                           else None for b, p, block in zip(self._buf, params, self.params.blocks)]
             self._generation = self.params.generation
             return
         rest_dst, rest_src = [], []
-        for b, bn, p, pn in zip(self._buf, self._buf_np, params, views):
-            if bn is not None and pn is not None:
+        for b, bn, p, pn, pair in zip(self._buf, self._buf_np, params, views, self._pairs):
+            if pair is not None:
+                NATIVE.copy(*pair)
+            elif bn is not None and pn is not None:
                 np.copyto(bn, pn)
             else:
                 rest_dst.append(b), rest_src.append(p.detach())
@@ -410,10 +435,9 @@ class UpdateNorms:
             return [math.nan] * len(params)
         out: list = [None] * len(params)
         rest = []
-        for i, (b, bn, p, pn) in enumerate(zip(self._buf, self._buf_np, params, views)):
-            block = _block(p) if NATIVE is not None else None
-            if block is not None and b.stride() == p.stride():
-                out[i] = NATIVE.diff(b.data_ptr(), *block)     # one pass, nothing written
+        for i, (b, bn, p, pn, pair) in enumerate(zip(self._buf, self._buf_np, params, views, self._pairs)):
+            if pair is not None:
+                out[i] = NATIVE.diff(*pair)         # one pass, nothing written
             elif bn is not None and pn is not None:
                 np.subtract(bn, pn, out=bn)
                 out[i] = _np_ss(bn)
@@ -427,4 +451,4 @@ class UpdateNorms:
         return out
 
     def clear(self) -> None:
-        self._buf, self._buf_np, self._generation = [], [], -1
+        self._buf, self._buf_np, self._pairs, self._generation = [], [], [], -1

@@ -291,6 +291,8 @@ class RunWriter(_Closing):
             scalars: Name to value; NaN, inf and None are kept.
             stats: Kind (``'param'``, ``'node'`` or ``'module'``) to a list of
                 ``(key name, {stat: value})``; stat names come from :data:`STATS`.
+                A tuple with one value per :data:`STATS` entry, in that order, may
+                stand for the dict (what the recorder writes: no dict per key).
 
         Raises:
             StoreError: Unknown kind, stat name or graph version, a value that is
@@ -331,10 +333,16 @@ class RunWriter(_Closing):
         key_ids = self._key_ids.setdefault(kind, {})
         pending = self._pending
         for name, values in entries:
-            if not values.keys() <= _STAT_SET:
+            if type(values) is tuple:       # already in STATS order (the recorder's rows)
+                if len(values) != _WIDTH - 1:
+                    raise StoreError(f"step {step}, {kind} {name!r}: a tuple of stats needs one value "
+                                     f"per STATS entry ({_WIDTH - 1}), got {len(values)}")
+                row = values
+            elif not values.keys() <= _STAT_SET:
                 raise StoreError(f"unknown stat names {sorted(set(values) - _STAT_SET)} for {kind} "
                                  f"{name!r}; valid stats: {', '.join(STATS)}")
-            row = tuple(map(values.get, STATS))
+            else:
+                row = tuple(map(values.get, STATS))
             try:  # fast check: all numbers (or None), else convert value by value
                 clean = sum(filter(None, row), 0.0).__class__ is float
             except TypeError:

@@ -586,3 +586,20 @@ def test_scalar_at_one_step(tmp_path):
     assert run.scalar_at("loss", 3) == 0.25 and run.scalar_at("loss", 1) is None
     assert math.isnan(run.scalar_at("loss", 4)) and run.scalar_at("m", 4) is None
     assert run.scalar_at("nope", 0) is None
+
+
+def test_stats_given_as_tuples_in_stats_order(tmp_path):
+    from graphviz_autograd.recorder import ROW_STATS
+    assert ROW_STATS == STATS                  # the recorder's rows are in the store's order
+    row = tuple(float(i) if i % 3 else None for i in range(len(STATS)))
+    with RunWriter(tmp_path) as writer:
+        writer.add_step(0, wall_time=0.0, graph_version=None, scalars={},
+                        stats={"node": [("a", row)], "param": [("w", {"grad_norm": 2.0})]})
+        with pytest.raises(StoreError, match="one value per STATS entry"):
+            writer.add_step(1, wall_time=0.0, graph_version=None, scalars={},
+                            stats={"node": [("a", row[:-1])]})
+        with pytest.raises(StoreError, match="must be numbers"):
+            writer.add_step(1, wall_time=0.0, graph_version=None, scalars={},
+                            stats={"node": [("a", ("x",) * len(STATS))]})
+    table = open_run(tmp_path).rank(0).stats_table_at(0, "node", STATS)
+    assert table == {k: ({"a": v} if v is not None else {}) for k, v in zip(STATS, row)}
