@@ -130,6 +130,9 @@ class Recorder:
         self._capture_thread = None
         self._slots: list = []          # node slot -> gradient rows of its outputs
         self._sig: list[tuple[str, str]] = []   # (op, module) of every node created: the step's shape
+        self._nodes: list = []          # the nodes themselves, in creation order (tagged if traced)
+        self._node_calls: list[int] = []    # which call of its module created each node
+        self._node_slots: dict[int, int] = {}   # creation index -> detector slot
         self._node_acts: dict = {}      # node slot -> activation row (ReLU/sigmoid/tanh outputs)
         self._node_handles: list = []
         self._acts: dict[str, list] = {}     # module -> activation rows of its calls
@@ -157,8 +160,9 @@ class Recorder:
             self._output = output       # fallback root when log() gets no loss
 
     def _on_node(self, node) -> None:
-        # Runs for every autograd node of a recorded forward: kept lean (attribute
-        # lookups and tuple building are most of its cost).
+        # Runs for every autograd node of a recorded forward: kept lean. The node's tags
+        # (module, source, saved tensors) are written only when the step is traced
+        # (_tag_nodes): on a known code path nothing is written to the node at all.
         try:
             tracker = self._tracker
             stack = tracker.stack
@@ -167,8 +171,8 @@ class Recorder:
             sig = self._sig
             k = len(sig)
             sig.append((name, module))
-            meta = node.metadata
-            meta[CALL_KEY] = tracker.call_stack[-1] if stack else 0
+            self._nodes.append(node)
+            self._node_calls.append(tracker.call_stack[-1] if stack else 0)
             details = self._details
             known = details[k] if k < len(details) else None
             if self._capture_saved or known is None or known[0] != name or known[1] != module:
@@ -179,18 +183,15 @@ class Recorder:
                 saved = _step_saved(node, self._logged) if name != "AccumulateGrad" else None
                 if k >= len(details):
                     details.extend([None] * (k + 1 - len(details)))
-                details[k] = known = (name, module, source, saved, (module, source))
-            meta[META_KEY] = known[4]
-            if name == "AccumulateGrad":
+                details[k] = (name, module, source, saved, (module, source))
+            if name == "AccumulateGrad" or not self._record_nodes:
                 return
-            if known[3] is not None:
-                meta[SAVED_KEY] = known[3]
             slots = self._slots
-            if not self._record_nodes or len(slots) >= MAX_SLOTS:
+            if len(slots) >= MAX_SLOTS:
                 return
             slot = len(slots)
             slots.append(None)
-            meta[SLOT_KEY] = slot
+            self._node_slots[k] = slot
             self._node_handles.append(node.register_prehook(self._grad_hook(slot)))
             if self._record_acts and name.startswith(_ACT_OPS):
                 result = getattr(node, "_saved_result", None)
@@ -198,6 +199,20 @@ class Recorder:
                     self._node_acts[slot] = S.act_row(result, S.saturation_kind(name))
         except Exception as exc:  # noqa: BLE001 - a recorder must never break training
             self._hook_failed(exc)
+
+    def _tag_nodes(self) -> None:
+        """Write the tags the tracer reads onto this step's nodes (before tracing it)."""
+        details, calls, slots = self._details, self._node_calls, self._node_slots
+        for k, node in enumerate(self._nodes):
+            meta = node.metadata
+            _, _, _, saved, tag = details[k]
+            meta[META_KEY] = tag
+            meta[CALL_KEY] = calls[k]
+            if saved is not None:
+                meta[SAVED_KEY] = saved
+            slot = slots.get(k)
+            if slot is not None:
+                meta[SLOT_KEY] = slot
 
     def _grad_hook(self, slot: int):
         slots, grad_row = self._slots, S.grad_row
@@ -329,6 +344,7 @@ class Recorder:
             if slot is not None:
                 slot_ids[slot] = node_id
         try:
+            self._tag_nodes()
             graph = trace(root, model=self._named, saved=True, _visit=visit)
         except Exception as exc:  # noqa: BLE001 - e.g. an output without a graph
             self._hook_failed(exc)
@@ -489,7 +505,7 @@ def _run_meta(rec: Recorder, extra: dict | None) -> dict:
     model = rec._named
     meta = {"model": type(model).__name__, "parameters": sum(p.numel() for _, p in rec._params),
             "every": rec.every, "record": sorted(rec.record), "torch": torch.__version__,
-            "graphviz_autograd": __version__,
+            "graphviz_autograd": __version__, "stats": "native" if S.NATIVE is not None else "numpy",
             "optimizer": type(rec.optimizer).__name__ if rec.optimizer is not None else None}
     meta.update(extra or {})
     return meta

@@ -106,6 +106,30 @@ def test_every_and_record_choices(tmp_path):
     assert [v.first_step for v in run.graph_versions()] == [0]
 
 
+def test_hooks_are_on_only_around_recorded_steps(tmp_path):
+    model = LeNet5()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    armed = []
+
+    def opt_hooks():
+        return len(opt._optimizer_step_pre_hooks) + len(opt._optimizer_step_post_hooks)
+
+    with ga.Recorder(model, tmp_path / "run", optimizer=opt, every=3) as rec:
+        assert not no_hooks_left(model) and opt_hooks() == 2     # step 0 records
+        for step, (x, y) in enumerate(batches(7)):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            rec.log(step)
+            armed.append((not no_hooks_left(model), opt_hooks() == 2))
+    assert armed == [((step + 1) % 3 == 0,) * 2 for step in range(7)]
+    assert no_hooks_left(model) and opt_hooks() == 0
+    run = ga.open_run(tmp_path / "run")
+    assert run.param_series("fc1.weight", "update_ratio").steps == [0, 3, 6]
+    from graphviz_autograd import stats
+    assert run.meta["stats"] == ("native" if stats.NATIVE is not None else "numpy")
+
+
 def test_dynamic_graph_yields_versions_with_the_right_step_mapping(tmp_path):
     torch.manual_seed(0)
     model = DynamicNet()
