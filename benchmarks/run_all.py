@@ -14,8 +14,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = {
     "bench_trace.py": [],
     "bench_render.py": [],
-    "bench_recorder.py": ["--model", "lenet"],
-    "bench_recorder.py resnet18": ["--model", "resnet18", "--batch", "8", "--steps", "5", "--rounds", "3",
+    "bench_recorder.py": ["--model", "lenet", "--rounds", "12", "--steps", "150"],
+    # one thread: a 14.5 ms plain step here, the length of the reference step (14.7 ms)
+    "bench_recorder.py 1thread": ["--model", "lenet", "--rounds", "12", "--steps", "150", "--threads", "1"],
+    "bench_recorder.py resnet18": ["--model", "resnet18", "--batch", "8", "--steps", "5", "--rounds", "6",
                                    "--warmup", "2", "--threads", "1"],
     "bench_store.py": [],
     "bench_memory.py": [],

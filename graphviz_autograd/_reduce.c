@@ -108,31 +108,32 @@ static act_t act_f32(const float *x, Py_ssize_t n, int kind) {
     return r;
 }
 
+/* ||a - b||^2 and ||b||^2 in one pass. */
 VECTOR_CLONES
-static double diff_f32(const float *a, const float *b, Py_ssize_t n) {
-    double d2 = 0;
+static void diff_f32(const float *a, const float *b, Py_ssize_t n, double *dd, double *bb) {
+    double d2 = 0, b2 = 0;
     for (Py_ssize_t k = 0; k < n; k += BLOCK) {
         Py_ssize_t e = n - k < BLOCK ? n : k + BLOCK;
-        float bd = 0;
-        #pragma omp simd reduction(+:bd)
+        float bd = 0, bn = 0;
+        #pragma omp simd reduction(+:bd,bn)
         for (Py_ssize_t i = k; i < e; i++) {
             float d = a[i] - b[i];
-            bd += d * d;
+            bd += d * d; bn += b[i] * b[i];
         }
-        d2 += bd;
+        d2 += bd; b2 += bn;
     }
-    return d2;
+    *dd = d2; *bb = b2;
 }
 
 VECTOR_CLONES
-static double diff_f64(const double *a, const double *b, Py_ssize_t n) {
-    double d2 = 0;
-    #pragma omp simd reduction(+:d2)
+static void diff_f64(const double *a, const double *b, Py_ssize_t n, double *dd, double *bb) {
+    double d2 = 0, b2 = 0;
+    #pragma omp simd reduction(+:d2,b2)
     for (Py_ssize_t i = 0; i < n; i++) {
         double d = a[i] - b[i];
-        d2 += d * d;
+        d2 += d * d; b2 += b[i] * b[i];
     }
-    return d2;
+    *dd = d2; *bb = b2;
 }
 
 static int parse_block(PyObject *args, const char *fmt, unsigned long long *addr,
@@ -190,30 +191,46 @@ static PyObject *act(PyObject *self, PyObject *args) {
                          kind == SAT_NONE ? -1.0 : r.sat * scale, (double)n);
 }
 
-static PyObject *diff(PyObject *self, PyObject *args) {
-    unsigned long long a, b; Py_ssize_t n; int dbl; double dd;
-    if (!PyArg_ParseTuple(args, "KKnp", &a, &b, &n, &dbl)) return NULL;
-    if (n < 0 || ((a == 0 || b == 0) && n > 0)) {
-        PyErr_Format(PyExc_ValueError, "bad blocks: addresses %llu, %llu, %zd elements", a, b, n);
-        return NULL;
+/* pairs: a list of (address_a, address_b, n, is_double) tuples (the update buffer and the
+ * parameter, the same memory layout). */
+static int parse_pair(PyObject *pairs, Py_ssize_t i, char **a, char **b, Py_ssize_t *n, int *dbl) {
+    unsigned long long x, y;
+    PyObject *item = PyList_GET_ITEM(pairs, i);
+    if (!PyArg_ParseTuple(item, "KKnp", &x, &y, n, dbl)) return 0;
+    if (*n < 0 || ((x == 0 || y == 0) && *n > 0)) {
+        PyErr_Format(PyExc_ValueError, "bad pair %zd: addresses %llu, %llu, %zd elements", i, x, y, *n);
+        return 0;
     }
-    Py_BEGIN_ALLOW_THREADS
-    dd = dbl ? diff_f64((const double *)(uintptr_t)a, (const double *)(uintptr_t)b, n)
-             : diff_f32((const float *)(uintptr_t)a, (const float *)(uintptr_t)b, n);
-    Py_END_ALLOW_THREADS
-    return PyFloat_FromDouble(dd);
+    *a = (char *)(uintptr_t)x; *b = (char *)(uintptr_t)y;
+    return 1;
 }
 
-static PyObject *copy(PyObject *self, PyObject *args) {
-    unsigned long long dst, src; Py_ssize_t n; int dbl;
-    if (!PyArg_ParseTuple(args, "KKnp", &dst, &src, &n, &dbl)) return NULL;
-    if (n < 0 || ((dst == 0 || src == 0) && n > 0)) {
-        PyErr_Format(PyExc_ValueError, "bad blocks: addresses %llu, %llu, %zd elements", dst, src, n);
-        return NULL;
+static PyObject *diff_many(PyObject *self, PyObject *args) {
+    PyObject *pairs;
+    if (!PyArg_ParseTuple(args, "O!", &PyList_Type, &pairs)) return NULL;
+    Py_ssize_t k = PyList_GET_SIZE(pairs);
+    PyObject *out = PyList_New(k);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        char *a, *b; Py_ssize_t n; int dbl; double dd, bb;
+        if (!parse_pair(pairs, i, &a, &b, &n, &dbl)) { Py_DECREF(out); return NULL; }
+        if (dbl) diff_f64((const double *)a, (const double *)b, n, &dd, &bb);
+        else diff_f32((const float *)a, (const float *)b, n, &dd, &bb);
+        PyObject *row = Py_BuildValue("(dd)", dd, bb);
+        if (row == NULL) { Py_DECREF(out); return NULL; }
+        PyList_SET_ITEM(out, i, row);
     }
-    Py_BEGIN_ALLOW_THREADS
-    memmove((void *)(uintptr_t)dst, (const void *)(uintptr_t)src, (size_t)n * (dbl ? 8 : 4));
-    Py_END_ALLOW_THREADS
+    return out;
+}
+
+static PyObject *copy_many(PyObject *self, PyObject *args) {
+    PyObject *pairs;
+    if (!PyArg_ParseTuple(args, "O!", &PyList_Type, &pairs)) return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pairs); i++) {
+        char *a, *b; Py_ssize_t n; int dbl;
+        if (!parse_pair(pairs, i, &a, &b, &n, &dbl)) return NULL;
+        memmove(a, b, (size_t)n * (dbl ? 8 : 4));
+    }
     Py_RETURN_NONE;
 }
 
@@ -224,9 +241,10 @@ static PyMethodDef methods[] = {
      "act(address, n, stride, is_double, kind) -> (sum, sum of squares, non-zeros, saturated, n) "
      "from elements 0, stride, 2*stride, ... scaled up to n; kind 0 none (saturated: -1), "
      "1 tanh (|y| > 0.99), 2 sigmoid (y < 0.01 or y > 0.99)"},
-    {"diff", diff, METH_VARARGS,
-     "diff(address_a, address_b, n, is_double) -> ||a - b||^2"},
-    {"copy", copy, METH_VARARGS, "copy(address_dst, address_src, n, is_double): dst[:n] = src[:n]"},
+    {"diff_many", diff_many, METH_VARARGS,
+     "diff_many([(address_a, address_b, n, is_double), ...]) -> [(||a - b||^2, ||b||^2), ...]"},
+    {"copy_many", copy_many, METH_VARARGS,
+     "copy_many([(address_dst, address_src, n, is_double), ...]): dst[:n] = src[:n] for each"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_reduce",

@@ -384,14 +384,16 @@ class Recorder:
             acts = S.act_values(rows[first + n_grads:first + n_grads + n_acts]) if n_acts else None
             out[kind].append((key, (grads or _NO_GRAD) + _NO_PARAM + (acts or _NO_ACT)))
         if params:
-            norms = [math.sqrt(v) for v in S.sq_norms(params, self._updates.params)]
             updates = self._update_norms
-            for i, (name, p) in enumerate(self._params):
-                ratio = None
-                if updates is not None:
-                    ratio = math.sqrt(updates[i]) / norms[i] if norms[i] > 0 else math.nan
-                grads = S.grad_values([rows[first_param + i]]) or _NO_GRAD
-                out["param"].append((name, grads + (norms[i], ratio) + _NO_ACT))
+            # measured right after optimizer.step() when the update was (one pass for both)
+            sq = self._updates.after_sq if updates is not None else None
+            sq = sq or S.sq_norms(params, self._updates.params)
+            sqrt, grad_values, entries = math.sqrt, S.grad_values, out["param"]
+            for (name, _), row, norm_sq, update_sq in zip(self._params, rows[first_param:], sq,
+                                                          updates or _nones(len(params))):
+                norm = sqrt(norm_sq)
+                ratio = None if update_sq is None else (sqrt(update_sq) / norm if norm > 0 else math.nan)
+                entries.append((name, (grad_values((row,)) or _NO_GRAD) + (norm, ratio) + _NO_ACT))
         return {kind: entries for kind, entries in out.items() if entries}
 
     def _end_capture(self) -> None:
@@ -439,6 +441,10 @@ class Recorder:
     def __repr__(self) -> str:
         return (f"Recorder({type(self.model).__name__} -> {self.run_dir}, rank {self.rank}/"
                 f"{self.world_size}, every={self.every}, record={sorted(self.record)})")
+
+
+def _nones(n: int) -> tuple:
+    return (None,) * n
 
 
 def _step_saved(node, step_token: int):

@@ -395,16 +395,19 @@ class TensorViews:
 
 
 class UpdateNorms:
-    """``||w_before - w_after||^2`` of every parameter across one ``optimizer.step()``.
+    """``||w_before - w_after||^2`` of every parameter across one ``optimizer.step()``, and
+    ``||w_after||^2`` found on the way (:attr:`after_sq`).
 
     One buffer, allocated once with the parameters' memory layout, holds them before the step.
     """
 
     def __init__(self, params: list[torch.Tensor]):
         self.params = TensorViews(params)
+        self.after_sq: list[float] | None = None
         self._buf: list[torch.Tensor] = []
         self._buf_np: list = []
         self._pairs: list = []      # (buffer address, parameter address, numel, is_float64) or None
+        self._native: list = []     # the pairs that are not None, for one native call
         self._generation = -1
 
     def before(self) -> None:
@@ -415,13 +418,18 @@ class UpdateNorms:
             self._buf_np = [_as_numpy(b) for b in self._buf]
             self._pairs = [(b.data_ptr(), *block) if block is not None and b.stride() == p.stride()
                            else None for b, p, block in zip(self._buf, params, self.params.blocks)]
+            self._native = [pair for pair in self._pairs if pair is not None]
             self._generation = self.params.generation
+            return
+        if self._native:
+            NATIVE.copy_many(self._native)
+        if len(self._native) == len(params):
             return
         rest_dst, rest_src = [], []
         for b, bn, p, pn, pair in zip(self._buf, self._buf_np, params, views, self._pairs):
             if pair is not None:
-                NATIVE.copy(*pair)
-            elif bn is not None and pn is not None:
+                continue
+            if bn is not None and pn is not None:
                 np.copyto(bn, pn)
             else:
                 rest_dst.append(b), rest_src.append(p.detach())
@@ -431,13 +439,16 @@ class UpdateNorms:
 
     def after(self) -> list[float]:
         params, views = self.params.tensors, self.params.get()
+        self.after_sq = None
         if self._generation != self.params.generation:     # moved during the step: no update to measure
             return [math.nan] * len(params)
+        native = iter(NATIVE.diff_many(self._native)) if self._native else iter(())
         out: list = [None] * len(params)
+        after_sq: list = [None] * len(params)
         rest = []
         for i, (b, bn, p, pn, pair) in enumerate(zip(self._buf, self._buf_np, params, views, self._pairs)):
             if pair is not None:
-                out[i] = NATIVE.diff(*pair)         # one pass, nothing written
+                out[i], after_sq[i] = next(native)      # one pass, nothing written
             elif bn is not None and pn is not None:
                 np.subtract(bn, pn, out=bn)
                 out[i] = _np_ss(bn)
@@ -448,7 +459,10 @@ class UpdateNorms:
                 torch._foreach_sub_([self._buf[i] for i in rest], [params[i].detach() for i in rest])
             for i, v in zip(rest, sq_norms([self._buf[i] for i in rest])):
                 out[i] = v
+        if None not in after_sq:
+            self.after_sq = after_sq
         return out
 
     def clear(self) -> None:
-        self._buf, self._buf_np, self._pairs, self._generation = [], [], [], -1
+        self._buf, self._buf_np, self._pairs, self._native, self._generation = [], [], [], [], -1
+        self.after_sq = None

@@ -135,7 +135,7 @@ def test_activation_statistics_match_torch(kind, fn, sat, shape, path):
                                                         abs=frac_tol)
 
 
-def test_update_norms_measure_what_the_optimizer_step_changed():
+def test_update_norms_measure_what_the_optimizer_step_changed(path):
     torch.manual_seed(0)
     net = torch.nn.Linear(6, 3)
     opt = torch.optim.SGD(net.parameters(), lr=0.5)
@@ -148,6 +148,11 @@ def test_update_norms_measure_what_the_optimizer_step_changed():
     got = updates.after()
     want = [(b - p.detach()).pow(2).sum().item() for b, p in zip(before, params)]
     assert got == pytest.approx(want, rel=1e-5)
+    if path == "native":                      # the native pass also gives ||w_after||^2
+        assert updates.after_sq == pytest.approx([p.detach().pow(2).sum().item() for p in params],
+                                                 rel=1e-5)
+    else:
+        assert updates.after_sq is None
     with torch.no_grad():                       # the parameters move to new storage: no stale views
         net.weight.data = net.weight.data.double().float().clone()
     updates.before()
@@ -155,7 +160,7 @@ def test_update_norms_measure_what_the_optimizer_step_changed():
     assert all(math.isfinite(v) for v in updates.after())
 
 
-def test_update_norms_of_a_transposed_parameter_compare_elements_in_place():
+def test_update_norms_of_a_transposed_parameter_compare_elements_in_place(path):
     torch.manual_seed(1)
     w = torch.nn.Parameter(torch.randn(5, 4).t())           # non-contiguous: one block, other order
     b = torch.nn.Parameter(torch.randn(4, 6)[:, ::2])        # not one block: the torch path
@@ -170,3 +175,5 @@ def test_update_norms_of_a_transposed_parameter_compare_elements_in_place():
         opt.step()
         want = [(x - p.detach()).pow(2).sum().item() for x, p in zip(before, (w, b))]
         assert updates.after() == pytest.approx(want, rel=1e-5)
+        if path == "native":                 # ||w_after||^2 comes with the update's pass
+            assert updates.after_sq is None   # (not here: b is read by torch, not natively)
