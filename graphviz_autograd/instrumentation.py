@@ -45,16 +45,18 @@ class ModuleTracker:
 
     While installed it keeps ``stack`` (the module paths whose forward is
     running) and calls ``on_output(path, module, output)`` after each forward
-    when given. :meth:`remove` takes every hook off; callers do it in
-    ``finally``.
+    when given, ``on_enter()`` before the top-level module's forward and
+    ``on_exit(output)`` after it. :meth:`remove` takes every hook off; callers
+    do it in ``finally``.
     """
 
-    def __init__(self, model: torch.nn.Module, on_output: Callable | None = None):
+    def __init__(self, model: torch.nn.Module, on_output: Callable | None = None,
+                 on_enter: Callable | None = None, on_exit: Callable | None = None):
         if not isinstance(model, torch.nn.Module):
             raise HookError(f"expected an nn.Module, got {type(model).__name__}; "
                             "pass your model, e.g. ga.instrument(net)")
         self.model = model
-        self.on_output = on_output
+        self.on_output, self.on_enter, self.on_exit = on_output, on_enter, on_exit
         self.stack: list[str] = []
         self.call_stack: list[int] = []
         self.calls: dict[str, int] = {}
@@ -76,27 +78,38 @@ class ModuleTracker:
     def install(self) -> "ModuleTracker":
         try:
             for name, module in self.model.named_modules():
-                self._handles.append(module.register_forward_pre_hook(self._pre(name)))
-                self._handles.append(module.register_forward_hook(self._post(name), always_call=True))
+                top = module is self.model
+                self._handles.append(module.register_forward_pre_hook(
+                    self._pre(name, self.on_enter if top else None)))
+                self._handles.append(module.register_forward_hook(
+                    self._post(name, self.on_exit if top else None), always_call=True))
         except BaseException:
             self.remove()
             raise
         return self
 
-    def _pre(self, name: str):
+    def _pre(self, name: str, enter: Callable | None):
+        stack, call_stack, calls = self.stack, self.call_stack, self.calls
+
         def hook(_module, _args):
-            self.stack.append(name)
-            n = self.calls[name] = self.calls.get(name, 0) + 1
-            self.call_stack.append(n)
+            if enter is not None:
+                enter()
+            stack.append(name)
+            n = calls[name] = calls.get(name, 0) + 1
+            call_stack.append(n)
         return hook
 
-    def _post(self, name: str):
+    def _post(self, name: str, exit_: Callable | None):
+        stack, call_stack, on_output = self.stack, self.call_stack, self.on_output
+
         def hook(module, _args, output):
-            if self.stack:
-                self.stack.pop()
-                self.call_stack.pop()
-            if self.on_output is not None:
-                self.on_output(name, module, output)
+            if stack:
+                stack.pop()
+                call_stack.pop()
+            if on_output is not None:
+                on_output(name, module, output)
+            if exit_ is not None:
+                exit_(output)
         return hook
 
     def remove(self) -> None:

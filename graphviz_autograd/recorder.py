@@ -111,8 +111,12 @@ class Recorder:
         self._updates = S.UpdateNorms([p for _, p in self._params])   # ||w_after - w_before||
         self._last_sig, self._last_version, self._last_slot_ids, self._unverified = None, None, {}, 0
         self._reset_step()
-        self._handles: list = []        # model and optimizer hooks, on around recorded steps
-        self._tracker = ModuleTracker(self._named, on_output=self._on_module_output)
+        self._handles: list = []        # optimizer hooks; with the tracker's, on around recorded steps
+        # The tracker's hooks on the top module also start and end a step's capture.
+        self._tracker = ModuleTracker(
+            self._named, on_output=self._on_module_output if self._record_acts else None,
+            on_enter=self._on_forward_start, on_exit=self._on_forward_end)
+        self._armed = False
         instrumentation.ACTIVE_EVER = True
         try:
             self._install_hooks()       # the first step records
@@ -144,7 +148,7 @@ class Recorder:
         return self._logged % self.every == 0
 
     # -- hooks --------------------------------------------------------------------
-    def _on_forward_start(self, _module, _args) -> None:
+    def _on_forward_start(self) -> None:
         if self._closed or self._capturing or not self._recording_this_step():
             return
         if not torch.is_grad_enabled():
@@ -155,7 +159,7 @@ class Recorder:
         self._capture_saved = False     # switched on by _on_node where this step differs
         torch._C._autograd._push_node_creation_hook(self._on_node)
 
-    def _on_forward_end(self, _module, _args, output) -> None:
+    def _on_forward_end(self, output) -> None:
         if self._capturing:
             self._output = output       # fallback root when log() gets no loss
 
@@ -288,26 +292,25 @@ class Recorder:
                 self._end_capture()
             self._logged += 1
             self._last_step = step
-            if self._recording_this_step() != bool(self._handles):
+            if self._recording_this_step() != self._armed:
                 self._arm()
 
     def _arm(self) -> None:
         """Hooks only around recorded steps: the steps in between run as if no recorder were
         there (a hook on a module sends every call of it down PyTorch's slow path)."""
         want = not self._closed and self._recording_this_step()
-        if want and not self._handles:
+        if want and not self._armed:
             try:
                 self._install_hooks()
             except Exception as exc:  # noqa: BLE001 - the next step just records less
                 self._remove_hooks()
                 self._hook_failed(exc)
-        elif not want and self._handles:
+        elif not want and self._armed:
             self._remove_hooks()
 
     def _install_hooks(self) -> None:
-        model, optimizer = self.model, self.optimizer
-        self._handles.append(model.register_forward_pre_hook(self._on_forward_start))
-        self._handles.append(model.register_forward_hook(self._on_forward_end))
+        self._armed = True
+        optimizer = self.optimizer
         if optimizer is not None and "params" in self.record:
             self._handles.append(optimizer.register_step_pre_hook(self._before_opt_step))
             self._handles.append(optimizer.register_step_post_hook(self._after_opt_step))
@@ -427,6 +430,7 @@ class Recorder:
             self._writer.close()
 
     def _remove_hooks(self) -> None:
+        self._armed = False
         for h in self._handles:
             h.remove()
         self._handles.clear()
