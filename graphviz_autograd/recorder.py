@@ -109,7 +109,7 @@ class Recorder:
         self.graph = None
         self._details: list = []        # per creation index: (op, module, source, saved, tag) last seen
         self._updates = S.UpdateNorms([p for _, p in self._params])   # ||w_after - w_before||
-        self._last_sig, self._last_version, self._last_slot_ids, self._unverified = None, None, {}, 0
+        self._last_len, self._last_version, self._last_slot_ids, self._unverified = -1, None, {}, 0
         self._reset_step()
         self._handles: list = []        # optimizer hooks; with the tracker's, on around recorded steps
         # The tracker's hooks on the top module also start and end a step's capture.
@@ -133,8 +133,7 @@ class Recorder:
         self._capture_saved = False
         self._capture_thread = None
         self._slots: list = []          # node slot -> gradient rows of its outputs
-        self._sig: list[tuple[str, str]] = []   # (op, module) of every node created: the step's shape
-        self._nodes: list = []          # the nodes themselves, in creation order (tagged if traced)
+        self._nodes: list = []          # the nodes created, in creation order (tagged if traced)
         self._node_calls: list[int] = []    # which call of its module created each node
         self._node_slots: dict[int, int] = {}   # creation index -> detector slot
         self._node_acts: dict = {}      # node slot -> activation row (ReLU/sigmoid/tanh outputs)
@@ -172,10 +171,9 @@ class Recorder:
             stack = tracker.stack
             module = stack[-1] if stack else ""
             name = _OP_NAMES.get(type(node)) or _op_name(node)
-            sig = self._sig
-            k = len(sig)
-            sig.append((name, module))
-            self._nodes.append(node)
+            nodes = self._nodes
+            k = len(nodes)
+            nodes.append(node)
             self._node_calls.append(tracker.call_stack[-1] if stack else 0)
             details = self._details
             known = details[k] if k < len(details) else None
@@ -317,15 +315,18 @@ class Recorder:
         self._tracker.install()
 
     def _collect(self, step: int, loss):
-        sig = tuple(self._sig)
+        # The step's code path, (op, module) of each node in creation order, is the last
+        # step's when no node differed from _details (which hold the last step's path) and
+        # as many nodes were made; then the graph is the last one traced.
+        n = len(self._nodes)
         self._graph_changed = False
         version, slot_ids = None, {}
-        if sig and sig == self._last_sig and self._unverified < VERIFY_EVERY:
+        if n and not self._capture_saved and n == self._last_len and self._unverified < VERIFY_EVERY:
             version, slot_ids = self._last_version, self._last_slot_ids   # same code path as before
             self._unverified += 1
         else:
             version, slot_ids = self._trace_step(step, loss)
-            self._last_sig, self._last_version, self._last_slot_ids = sig, version, slot_ids
+            self._last_len, self._last_version, self._last_slot_ids = n, version, slot_ids
             self._unverified = 0
         try:
             stats = self._statistics(slot_ids)
