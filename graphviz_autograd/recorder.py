@@ -50,7 +50,8 @@ class Recorder:
         model: the network being trained (a ``DistributedDataParallel`` wrapper works).
         run_dir: directory of the run; one ``rank-<r>.gva.sqlite`` per process.
         optimizer: when given, learning rates and update/parameter ratios
-            ``||w_after - w_before|| / ||w_before||`` are recorded.
+            ``||w_after - w_before|| / ||w_after||`` are recorded; parameter norms are then
+            measured right after ``optimizer.step()`` (in the same pass), else at ``log()``.
         every: record statistics every ``every``-th logged step (loss and
             scalars are written every step). Default 50: under 3% overhead even on
             LeNet-5, whose 9 ms steps make per-call costs count most (see
@@ -112,10 +113,14 @@ class Recorder:
         self._last_len, self._last_version, self._last_slot_ids, self._unverified = -1, None, {}, 0
         self._reset_step()
         self._handles: list = []        # optimizer hooks; with the tracker's, on around recorded steps
-        # The tracker's hooks on the top module also start and end a step's capture.
+        # The tracker's hooks on the top module also start and end a step's capture; a
+        # DistributedDataParallel / DataParallel wrapper gets hooks of its own for that (its
+        # forward runs on the calling thread, its inner module's may not).
+        self._wrapped = self._named is not model
         self._tracker = ModuleTracker(
             self._named, on_output=self._on_module_output if self._record_acts else None,
-            on_enter=self._on_forward_start, on_exit=self._on_forward_end)
+            on_enter=None if self._wrapped else self._on_forward_start,
+            on_exit=None if self._wrapped else self._on_forward_end)
         self._armed = False
         instrumentation.ACTIVE_EVER = True
         try:
@@ -133,9 +138,7 @@ class Recorder:
         self._capture_saved = False
         self._capture_thread = None
         self._slots: list = []          # node slot -> gradient rows of its outputs
-        self._nodes: list = []          # the nodes created, in creation order (tagged if traced)
-        self._node_calls: list[int] = []    # which call of its module created each node
-        self._node_slots: dict[int, int] = {}   # creation index -> detector slot
+        self._n_nodes = 0               # nodes created in this step's capture
         self._node_acts: dict = {}      # node slot -> activation row (ReLU/sigmoid/tanh outputs)
         self._node_handles: list = []
         self._acts: dict[str, list] = {}     # module -> activation rows of its calls
@@ -163,37 +166,39 @@ class Recorder:
             self._output = output       # fallback root when log() gets no loss
 
     def _on_node(self, node) -> None:
-        # Runs for every autograd node of a recorded forward: kept lean. The node's tags
-        # (module, source, saved tensors) are written only when the step is traced
-        # (_tag_nodes): on a known code path nothing is written to the node at all.
+        # Runs for every autograd node of a recorded forward: kept lean (attribute
+        # lookups and tuple building are most of its cost). The step's code path, (op,
+        # module) per node in creation order, is compared with the last step's here.
         try:
             tracker = self._tracker
             stack = tracker.stack
             module = stack[-1] if stack else ""
             name = _OP_NAMES.get(type(node)) or _op_name(node)
-            nodes = self._nodes
-            k = len(nodes)
-            nodes.append(node)
-            self._node_calls.append(tracker.call_stack[-1] if stack else 0)
+            k = self._n_nodes
+            self._n_nodes = k + 1
+            meta = node.metadata
+            meta[CALL_KEY] = tracker.call_stack[-1] if stack else 0
             details = self._details
             known = details[k] if k < len(details) else None
             if self._capture_saved or known is None or known[0] != name or known[1] != module:
                 # A new code path from here on (or the first step): read the details a new
                 # graph version needs now, while the saved tensors still exist.
                 self._capture_saved = True
-                source = _user_frame_location() if self.source else ""
-                saved = _step_saved(node, self._logged) if name != "AccumulateGrad" else None
+                known = self._read_details(node, name, module)
                 if k >= len(details):
                     details.extend([None] * (k + 1 - len(details)))
-                details[k] = (name, module, source, saved, (module, source))
-            if name == "AccumulateGrad" or not self._record_nodes:
+                details[k] = known
+            meta[META_KEY] = known[4]
+            if name == "AccumulateGrad":
                 return
+            if known[3] is not None:
+                meta[SAVED_KEY] = known[3]
             slots = self._slots
-            if len(slots) >= MAX_SLOTS:
+            if not self._record_nodes or len(slots) >= MAX_SLOTS:
                 return
             slot = len(slots)
             slots.append(None)
-            self._node_slots[k] = slot
+            meta[SLOT_KEY] = slot
             self._node_handles.append(node.register_prehook(self._grad_hook(slot)))
             if self._record_acts and name.startswith(_ACT_OPS):
                 result = getattr(node, "_saved_result", None)
@@ -202,19 +207,18 @@ class Recorder:
         except Exception as exc:  # noqa: BLE001 - a recorder must never break training
             self._hook_failed(exc)
 
-    def _tag_nodes(self) -> None:
-        """Write the tags the tracer reads onto this step's nodes (before tracing it)."""
-        details, calls, slots = self._details, self._node_calls, self._node_slots
-        for k, node in enumerate(self._nodes):
-            meta = node.metadata
-            _, _, _, saved, tag = details[k]
-            meta[META_KEY] = tag
-            meta[CALL_KEY] = calls[k]
-            if saved is not None:
-                meta[SAVED_KEY] = saved
-            slot = slots.get(k)
-            if slot is not None:
-                meta[SLOT_KEY] = slot
+    def _read_details(self, node, name: str, module: str) -> tuple:
+        """(op, module, source, saved, tag) of a node on a new code path; a detail that cannot
+        be read is left empty (the node keeps its place in the path)."""
+        source, saved = "", None
+        try:
+            if self.source:
+                source = _user_frame_location()
+            if name != "AccumulateGrad":
+                saved = _step_saved(node, self._logged)
+        except Exception as exc:  # noqa: BLE001 - e.g. an odd saved value
+            self._hook_failed(exc)
+        return (name, module, source, saved, (module, source))
 
     def _grad_hook(self, slot: int):
         slots, grad_row = self._slots, S.grad_row
@@ -223,7 +227,8 @@ class Recorder:
             if slot < len(slots):       # reduced now (so the gradient can be freed), read back at log()
                 try:
                     if len(grad_outputs) == 1:      # most nodes: no list comprehension
-                        slots[slot] = [grad_row(grad_outputs[0])]
+                        g = grad_outputs[0]
+                        slots[slot] = [grad_row(g)] if g is not None else []
                     else:
                         slots[slot] = [grad_row(g) for g in grad_outputs if g is not None]
                 except Exception as exc:  # noqa: BLE001 - never break the backward pass
@@ -243,13 +248,19 @@ class Recorder:
 
     def _before_opt_step(self, _opt, _args, _kwargs) -> None:
         if self._capturing:
-            self._updates.before()
-            self._before = True
+            try:
+                self._updates.before()
+                self._before = True
+            except Exception as exc:  # noqa: BLE001 - never break optimizer.step()
+                self._hook_failed(exc)
 
     def _after_opt_step(self, _opt, _args, _kwargs) -> None:
         if self._before:
-            self._update_norms = self._updates.after()
             self._before = None
+            try:
+                self._update_norms = self._updates.after()
+            except Exception as exc:  # noqa: BLE001
+                self._hook_failed(exc)
 
     def _hook_failed(self, exc: Exception) -> None:
         if not getattr(self, "_warned", False):
@@ -308,6 +319,11 @@ class Recorder:
 
     def _install_hooks(self) -> None:
         self._armed = True
+        if self._wrapped:
+            self._handles.append(self.model.register_forward_pre_hook(
+                lambda _m, _a: self._on_forward_start()))
+            self._handles.append(self.model.register_forward_hook(
+                lambda _m, _a, out: self._on_forward_end(out)))
         optimizer = self.optimizer
         if optimizer is not None and "params" in self.record:
             self._handles.append(optimizer.register_step_pre_hook(self._before_opt_step))
@@ -318,7 +334,7 @@ class Recorder:
         # The step's code path, (op, module) of each node in creation order, is the last
         # step's when no node differed from _details (which hold the last step's path) and
         # as many nodes were made; then the graph is the last one traced.
-        n = len(self._nodes)
+        n = self._n_nodes
         self._graph_changed = False
         version, slot_ids = None, {}
         if n and not self._capture_saved and n == self._last_len and self._unverified < VERIFY_EVERY:
@@ -348,7 +364,6 @@ class Recorder:
             if slot is not None:
                 slot_ids[slot] = node_id
         try:
-            self._tag_nodes()
             graph = trace(root, model=self._named, saved=True, _visit=visit)
         except Exception as exc:  # noqa: BLE001 - e.g. an output without a graph
             self._hook_failed(exc)

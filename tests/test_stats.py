@@ -177,3 +177,33 @@ def test_update_norms_of_a_transposed_parameter_compare_elements_in_place(path):
         assert updates.after() == pytest.approx(want, rel=1e-5)
         if path == "native":                 # ||w_after||^2 comes with the update's pass
             assert updates.after_sq is None   # (not here: b is read by torch, not natively)
+
+
+class _Wrapped(torch.Tensor):
+    """A wrapper subclass: no storage of its own (data_ptr() is 0), ops run on ``inner``."""
+
+    @staticmethod
+    def __new__(cls, inner):
+        t = torch.Tensor._make_wrapper_subclass(cls, inner.shape, dtype=inner.dtype,
+                                                device=inner.device, strides=inner.stride())
+        t.inner = inner
+        return t
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        unwrap = lambda x: x.inner if isinstance(x, _Wrapped) else x  # noqa: E731
+        return func(*torch.utils._pytree.tree_map(unwrap, args),
+                    **torch.utils._pytree.tree_map(unwrap, kwargs or {}))
+
+
+def test_a_tensor_without_storage_of_its_own_takes_the_torch_path():
+    inner = _with_zeros((5, 7))
+    t = _Wrapped(inner)
+    assert t.data_ptr() == 0 and S._block(t) is None
+    [got] = S.batch_grad_stats([[t]])
+    assert got == pytest.approx(expected(inner), rel=1e-5, abs=1e-9)
+    assert S.act_stats(S.read_rows([S.act_row(t, None)]))["act_mean"] == pytest.approx(
+        inner.double().mean().item())
+    updates = S.UpdateNorms([t])
+    updates.before(), updates.before()          # allocates, then copies: no native pair for it
+    assert updates.after() == [0.0]
