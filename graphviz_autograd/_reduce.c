@@ -63,7 +63,7 @@ static grad_t grad_f64(const double *x, Py_ssize_t n) {
 }
 
 /* Elements 0, stride, 2*stride, ... below n. */
-#define ACT_BODY(T)                                                                   \
+#define ACT_BODY                                                                      \
     double s = 0, ss = 0; Py_ssize_t nz = 0, sat = 0;                                 \
     for (Py_ssize_t i = 0; i < n; i += stride) {                                      \
         double v = (double)x[i];                                                      \
@@ -74,8 +74,8 @@ static grad_t grad_f64(const double *x, Py_ssize_t n) {
     act_t r = {s, ss, (double)nz, (double)sat};                                       \
     return r;
 
-static act_t act_strided_f32(const float *x, Py_ssize_t n, Py_ssize_t stride, int kind) { ACT_BODY(float) }
-static act_t act_strided_f64(const double *x, Py_ssize_t n, Py_ssize_t stride, int kind) { ACT_BODY(double) }
+static act_t act_strided_f32(const float *x, Py_ssize_t n, Py_ssize_t stride, int kind) { ACT_BODY }
+static act_t act_strided_f64(const double *x, Py_ssize_t n, Py_ssize_t stride, int kind) { ACT_BODY }
 
 VECTOR_CLONES
 static act_t act_f32(const float *x, Py_ssize_t n, int kind) {

@@ -16,6 +16,7 @@ Example:
 """
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -226,11 +227,7 @@ class Recorder:
         def hook(grad_outputs):
             if slot < len(slots):       # reduced now (so the gradient can be freed), read back at log()
                 try:
-                    if len(grad_outputs) == 1:      # most nodes: no list comprehension
-                        g = grad_outputs[0]
-                        slots[slot] = [grad_row(g)] if g is not None else []
-                    else:
-                        slots[slot] = [grad_row(g) for g in grad_outputs if g is not None]
+                    slots[slot] = [grad_row(g) for g in grad_outputs if g is not None]
                 except Exception as exc:  # noqa: BLE001 - never break the backward pass
                     self._hook_failed(exc)
         return hook
@@ -409,7 +406,7 @@ class Recorder:
             sq = sq or S.sq_norms(params, self._updates.params)
             sqrt, grad_values, entries = math.sqrt, S.grad_values, out["param"]
             for (name, _), row, norm_sq, update_sq in zip(self._params, rows[first_param:], sq,
-                                                          updates or _nones(len(params))):
+                                                          updates or itertools.repeat(None)):
                 norm = sqrt(norm_sq)
                 ratio = None if update_sq is None else (sqrt(update_sq) / norm if norm > 0 else math.nan)
                 entries.append((name, (grad_values((row,)) or _NO_GRAD) + (norm, ratio) + _NO_ACT))
@@ -461,10 +458,6 @@ class Recorder:
     def __repr__(self) -> str:
         return (f"Recorder({type(self.model).__name__} -> {self.run_dir}, rank {self.rank}/"
                 f"{self.world_size}, every={self.every}, record={sorted(self.record)})")
-
-
-def _nones(n: int) -> tuple:
-    return (None,) * n
 
 
 def _step_saved(node, step_token: int):

@@ -177,15 +177,9 @@ def grad_row(t: torch.Tensor | None):
     if t is None:
         return None
     if NATIVE is not None:
-        # inlined _block(): this runs in every detector hook, during backward
-        dtype = t.dtype
-        if ((dtype is _F32 or dtype is _F64) and t.is_cpu and t.layout is _STRIDED
-                and not t.is_neg() and (t.is_contiguous() or _one_block(t))):
-            n, address = t.numel(), t.data_ptr()
-            if not n:
-                return None
-            if address:         # 0: no storage of its own (a wrapper subclass): the torch path
-                return NATIVE.grad(address, n, dtype is _F64)
+        block = _block(t)
+        if block is not None:
+            return NATIVE.grad(*block) if block[1] else None
     if not t.numel():
         return None
     a = _as_numpy(t)
