@@ -14,7 +14,7 @@ endif
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt setup.py graphviz_autograd/_reduce.c
+$(STAMP): pyproject.toml constraints.txt setup.py graphviz_autograd/record/_reduce.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'

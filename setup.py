@@ -1,7 +1,7 @@
-"""The optional C extension ``graphviz_autograd._reduce`` (one-pass tensor statistics).
+"""The optional C extension ``graphviz_autograd.record._reduce`` (one-pass tensor statistics).
 
 Everything else is declared in pyproject.toml. Without a C compiler the build
-skips the extension and ``graphviz_autograd.stats`` uses NumPy instead
+skips the extension and ``graphviz_autograd.record.stats`` uses NumPy instead
 (a recorded run's metadata says which: ``"stats": "native"`` or ``"numpy"``).
 """
 from setuptools import Extension, setup
@@ -17,6 +17,7 @@ class BuildExt(build_ext):
 
 
 setup(
-    ext_modules=[Extension("graphviz_autograd._reduce", ["graphviz_autograd/_reduce.c"], optional=True)],
+    ext_modules=[Extension("graphviz_autograd.record._reduce", ["graphviz_autograd/record/_reduce.c"],
+                           optional=True)],
     cmdclass={"build_ext": BuildExt},
 )

@@ -28,7 +28,7 @@ from urllib.parse import quote
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dashboard.synthetic import write_synthetic_run  # noqa: E402
+from graphviz_autograd.dashboard.synthetic import write_synthetic_run  # noqa: E402
 
 CHROMIUM = os.environ.get("GVA_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -154,10 +154,10 @@ def _post(url: str, app, output_key: str, inputs: list, state: list, changed: li
 def bench_latency(root: Path) -> dict:
     import random
 
-    from dashboard import callbacks as C
-    from dashboard import ids
-    from dashboard.app import create_app
-    from dashboard.data import DataSource
+    from graphviz_autograd.dashboard import callbacks as C
+    from graphviz_autograd.dashboard import ids
+    from graphviz_autograd.dashboard.app import create_app
+    from graphviz_autograd.dashboard.data import DataSource
 
     app = create_app(root)          # only for the callback specs; requests go to the server
     src = DataSource(root)

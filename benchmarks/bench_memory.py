@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from common import machine
 
 import graphviz_autograd as ga
-from examples.models import LeNet5
+from graphviz_autograd.examples.models import LeNet5
 
 
 def rss_mib() -> float:

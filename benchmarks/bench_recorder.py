@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import graphviz_autograd as ga  # noqa: E402
-from examples.models import LeNet5  # noqa: E402
+from graphviz_autograd.examples.models import LeNet5  # noqa: E402
 
 CONFIGS = {
     "plain": None,

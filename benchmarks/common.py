@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from graphviz_autograd._stack import ensure_release_stack  # noqa: E402
+from graphviz_autograd.live.stack import ensure_release_stack  # noqa: E402
 
 # The bare walk and the other tools touch every node of deep graphs too; without a big
 # enough stack torch 2.14 segfaults when those graphs are released (see _stack.py).
@@ -38,7 +38,7 @@ def model_case(name: str):
     if name.startswith("lstm"):
         return lstm_unrolled(int(name[4:]))
     if name == "lenet":
-        from examples.models import LeNet5
+        from graphviz_autograd.examples.models import LeNet5
         model, x = LeNet5(), torch.randn(64, 1, 28, 28)
     elif name == "transformer":
         model = nn.Transformer(d_model=256, nhead=8, num_encoder_layers=6, num_decoder_layers=6,

@@ -8,12 +8,12 @@ import math
 
 from dash import no_update
 
-from graphviz_autograd.model import Edge, Graph, Node
+from graphviz_autograd.graph.model import Edge, Graph, Node
 
-from . import figures as FIG
+from . import figures
 from . import panels
 from .callbacks import READ_ERRORS, _opts, only_step, step_patch
-from .fold import auto_collapsed, fold, unchanged_modules
+from .fold import auto_fold, fold, unchanged_modules
 from .graph_view import build_scene, preset_layout
 
 DIFF_MAX_NODES = 800            # the diff view goes through the component's props: keep it small
@@ -28,37 +28,37 @@ def _keep_zoom(fig: dict, run: str) -> dict:
 def flow_figure(src, latest, state):
     """Max and RMS |grad| per parameter at the selected step (RMS = norm / √numel)."""
     if not latest:
-        return FIG.empty_figure("no run selected")
+        return figures.empty_figure("no run selected")
     run, rank = latest["run"], latest["rank"]
     try:
         at = src.stats_step(run, rank, (state or {}).get("step"))
         if at is None:
-            return FIG.empty_figure("no statistics recorded yet")
+            return figures.empty_figure("no statistics recorded yet")
         table = src.stats_at(run, rank, at, "param", ("grad_norm", "grad_absmax"))
         names = src.reader(run, rank).keys("param")
         version = src.version_at(run, rank, at)
         params = src.graph(run, rank, version).params if version is not None else {}
     except READ_ERRORS as exc:
-        return FIG.empty_figure(f"cannot read gradients: {exc}")
+        return figures.empty_figure(f"cannot read gradients: {exc}")
     names = [n for n in names if n in table["grad_norm"] or n in table["grad_absmax"]]
     rms = []
     for name in names:
         norm, node = table["grad_norm"].get(name), params.get(name)
         numel = node.outputs[0].numel if node is not None and node.outputs and node.outputs[0] else 0
         rms.append(norm / math.sqrt(numel) if norm is not None and numel else None)
-    return _keep_zoom(FIG.flow_figure(names, rms, [table["grad_absmax"].get(n) for n in names], at), run)
+    return _keep_zoom(figures.flow_figure(names, rms, [table["grad_absmax"].get(n) for n in names], at), run)
 
 
 def heatmap_figure(src, triggered, latest, state):
     if only_step(triggered):
         return step_patch(state)
     if not latest:
-        return FIG.empty_figure("no run selected")
+        return figures.empty_figure("no run selected")
     try:
         keys, steps, grid = src.heat(latest["run"], latest["rank"], "grad_norm")
     except READ_ERRORS as exc:
-        return FIG.empty_figure(f"cannot read gradients: {exc}")
-    return _keep_zoom(FIG.heatmap_figure(keys, steps, grid, (state or {}).get("step")), latest["run"])
+        return figures.empty_figure(f"cannot read gradients: {exc}")
+    return _keep_zoom(figures.heatmap_figure(keys, steps, grid, (state or {}).get("step")), latest["run"])
 
 
 # -- graph versions ----------------------------------------------------------------------
@@ -100,7 +100,7 @@ def diff_view(src, latest, va, vb, current_layout=None):
     def make():
         view = fold(union, unchanged_modules(union, added | removed))
         if len(view.graph) > DIFF_MAX_NODES:        # a rewrite, not an edit: fold more
-            view = fold(union, view.collapsed | auto_collapsed(union, DIFF_MAX_NODES))
+            view = fold(union, view.folded | auto_fold(union, DIFF_MAX_NODES))
         for gid, members in view.members.items():     # a folded module holding changes is marked
             if any(m in classes for m in members):
                 classes[gid] = "changed"
@@ -125,18 +125,18 @@ def rank_options(latest, a, b):
 def rank_figure(src, latest, a, b, stat, state):
     """``stat`` per parameter on two ranks at the selected step."""
     if not latest or a is None or b is None:
-        return FIG.empty_figure("no run selected")
+        return figures.empty_figure("no run selected")
     if len(latest.get("ranks", [])) < 2:
-        return FIG.empty_figure("single-rank run: nothing to compare")
+        return figures.empty_figure("single-rank run: nothing to compare")
     run, step = latest["run"], (state or {}).get("step")
     try:
         at_a, at_b = src.stats_step(run, a, step), src.stats_step(run, b, step)
         if at_a is None or at_b is None:
-            return FIG.empty_figure("no statistics recorded yet")
+            return figures.empty_figure("no statistics recorded yet")
         va = src.stats_at(run, a, at_a, "param", (stat,))[stat]
         vb = src.stats_at(run, b, at_b, "param", (stat,))[stat]
     except READ_ERRORS as exc:
-        return FIG.empty_figure(f"cannot read ranks: {exc}")
+        return figures.empty_figure(f"cannot read ranks: {exc}")
     names = list(dict.fromkeys([*va, *vb]))
-    return _keep_zoom(FIG.rank_figure(names, [va.get(n) for n in names], [vb.get(n) for n in names],
+    return _keep_zoom(figures.rank_figure(names, [va.get(n) for n in names], [vb.get(n) for n in names],
                                       a, b, stat, at_a), run)

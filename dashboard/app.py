@@ -15,9 +15,9 @@ import dash
 import flask
 from dash import ClientsideFunction, Dash, Input, Output, State
 
-from . import analysis as A
-from . import callbacks as C
-from . import details as D
+from . import analysis
+from . import callbacks
+from . import details
 from . import ids
 from .data import DataSource
 from .graph_view import ELEMENTS_ROUTE
@@ -83,62 +83,62 @@ def register(app: Dash, src: DataSource) -> None:
 
     latest, step = Input(ids.LATEST, "data"), Input(ids.STEP, "data")
     cb(Output(ids.RUN, "options"), Output(ids.RUN, "value"), Input(ids.LOCATION, "search"),
-       Input(ids.INTERVAL, "n_intervals"), State(ids.RUN, "value"), State(ids.RUN, "options"))(C.run_options)
+       Input(ids.INTERVAL, "n_intervals"), State(ids.RUN, "value"), State(ids.RUN, "options"))(callbacks.run_options)
     cb(Output(ids.RANK, "options"), Output(ids.RANK, "value"), Input(ids.RUN, "value"),
        Input(ids.INTERVAL, "n_intervals"), State(ids.RANK, "value"),
-       State(ids.RANK, "options"))(C.rank_options)
+       State(ids.RANK, "options"))(callbacks.rank_options)
     cb(Output(ids.LATEST, "data"), Output(ids.STATUS, "children"), Input(ids.RUN, "value"),
-       Input(ids.RANK, "value"), Input(ids.INTERVAL, "n_intervals"), State(ids.LATEST, "data"))(C.refresh)
-    cb(Output(ids.INTERVAL, "disabled"), Input(ids.LIVE, "value"), with_src=False)(C.live_toggle)
+       Input(ids.RANK, "value"), Input(ids.INTERVAL, "n_intervals"), State(ids.LATEST, "data"))(callbacks.refresh)
+    cb(Output(ids.INTERVAL, "disabled"), Input(ids.LIVE, "value"), with_src=False)(callbacks.live_toggle)
     cb(Output(ids.STEP_SLIDER, "min"), Output(ids.STEP_SLIDER, "max"), Output(ids.STEP_SLIDER, "marks"),
-       latest, with_src=False)(C.slider_props)
+       latest, with_src=False)(callbacks.slider_props)
     cb(*[Output(slot, "children") for slot in deferred()], Output(ids.MOUNTED, "data"),
        Input(ids.PAINTED, "data"), Input(ids.MOUNT_TIMER, "n_intervals"), State(ids.MOUNTED, "data"),
-       with_src=False, prevent_initial_call=True)(C.mount)
+       with_src=False, prevent_initial_call=True)(callbacks.mount)
     cb(Output(ids.PICKED, "data"), Input(ids.LOSS, "clickData"), Input(ids.LOSS, "selectedData"),
        Input(ids.METRICS, "clickData"), Input(ids.METRICS, "selectedData"), with_src=False,
-       trigger="one", prevent_initial_call=True)(C.pick_step)
+       trigger="one", prevent_initial_call=True)(callbacks.pick_step)
     cb(Output(ids.STEP, "data"), Output(ids.STEP_SLIDER, "value"), Output(ids.STEP_LABEL, "children"),
        Input(ids.STEP_SLIDER, "value"), Input(ids.PICKED, "data"), latest, State(ids.STEP, "data"),
-       State(ids.LOCATION, "search"), with_src=False, trigger="one")(C.select_step)
-    cb(Output(ids.LOSS, "figure"), latest, step, trigger="all")(C.loss_figure)
+       State(ids.LOCATION, "search"), with_src=False, trigger="one")(callbacks.select_step)
+    cb(Output(ids.LOSS, "figure"), latest, step, trigger="all")(callbacks.loss_figure)
     cb(Output(ids.SCALARS, "options"), Output(ids.SCALARS, "value"), latest,
-       State(ids.SCALARS, "value"), with_src=False)(C.scalar_options)
+       State(ids.SCALARS, "value"), with_src=False)(callbacks.scalar_options)
     cb(Output(ids.METRICS, "figure"), latest, Input(ids.SCALARS, "value"), step,
-       trigger="all")(C.metrics_figure)
+       trigger="all")(callbacks.metrics_figure)
     cb(Output(ids.ELEMENTS, "data"), Output(ids.GRAPH, "stylesheet"),
        Output(ids.GRAPH_KEY, "data"), Output(ids.GRAPH_INFO, "children"), Output(ids.COLORS, "data"),
-       Output(ids.LEGEND, "children"), latest, step, Input(ids.COLLAPSED, "data"),
-       Input(ids.METRIC, "value"), State(ids.GRAPH_KEY, "data"))(C.graph_update)
+       Output(ids.LEGEND, "children"), latest, step, Input(ids.FOLDED, "data"),
+       Input(ids.METRIC, "value"), State(ids.GRAPH_KEY, "data"))(callbacks.graph_update)
     cb(Output(ids.SEARCH_RESULT, "data"), Output(ids.SEARCH_INFO, "children"),
        Input(ids.SEARCH, "value"), Input(ids.SEARCH, "n_submit"), State(ids.GRAPH_KEY, "data"),
-       State(ids.SEARCH_RESULT, "data"), prevent_initial_call=True)(C.search)
+       State(ids.SEARCH_RESULT, "data"), prevent_initial_call=True)(callbacks.search)
     cb(Output(ids.SELECTED, "data"), Input(ids.GRAPH, "tapNodeData"), Input(ids.SEARCH_RESULT, "data"),
-       Input(ids.RUN, "value"), State(ids.SELECTED, "data"), with_src=False, trigger="one")(C.select_node)
-    cb(Output(ids.COLLAPSED, "data"), Input(ids.FOLD_TOGGLE, "n_clicks"),
-       Input(ids.COLLAPSE_ALL, "n_clicks"), Input(ids.EXPAND_ALL, "n_clicks"), Input(ids.RUN, "value"),
-       State(ids.SELECTED, "data"), State(ids.GRAPH_KEY, "data"), State(ids.COLLAPSED, "data"),
+       Input(ids.RUN, "value"), State(ids.SELECTED, "data"), with_src=False, trigger="one")(callbacks.select_node)
+    cb(Output(ids.FOLDED, "data"), Input(ids.FOLD_TOGGLE, "n_clicks"),
+       Input(ids.FOLD_ALL, "n_clicks"), Input(ids.UNFOLD_ALL, "n_clicks"), Input(ids.RUN, "value"),
+       State(ids.SELECTED, "data"), State(ids.GRAPH_KEY, "data"), State(ids.FOLDED, "data"),
        State(ids.LOCATION, "search"), trigger="one", prevent_initial_call=True)(_fold_adapter)
     cb(Output(ids.DETAIL, "children"), Output(ids.FOLD_TOGGLE, "children"),
        Output(ids.FOLD_TOGGLE, "disabled"), Input(ids.SELECTED, "data"),
-       Input(ids.GRAPH_KEY, "data"))(D.node_detail)
+       Input(ids.GRAPH_KEY, "data"))(details.node_detail)
     cb(Output(ids.NODE_FIG, "figure"), Input(ids.SELECTED, "data"), Input(ids.GRAPH_KEY, "data"),
-       latest, step, trigger="all")(D.node_figure)
+       latest, step, trigger="all")(details.node_figure)
     cb(Output(ids.DETAIL_AT_STEP, "children"), Input(ids.SELECTED, "data"), step,
-       Input(ids.GRAPH_KEY, "data"), State(ids.LATEST, "data"))(D.node_at_step)
-    cb(Output(ids.FLOW, "figure"), latest, step)(A.flow_figure)
-    cb(Output(ids.HEATMAP, "figure"), latest, step, trigger="all")(A.heatmap_figure)
+       Input(ids.GRAPH_KEY, "data"), State(ids.LATEST, "data"))(details.node_at_step)
+    cb(Output(ids.FLOW, "figure"), latest, step)(analysis.flow_figure)
+    cb(Output(ids.HEATMAP, "figure"), latest, step, trigger="all")(analysis.heatmap_figure)
     cb(Output(ids.VERSION_A, "options"), Output(ids.VERSION_A, "value"), Output(ids.VERSION_B, "options"),
        Output(ids.VERSION_B, "value"), latest, State(ids.VERSION_A, "value"),
-       State(ids.VERSION_B, "value"), with_src=False)(A.version_options)
+       State(ids.VERSION_B, "value"), with_src=False)(analysis.version_options)
     cb(Output(ids.DIFF_GRAPH, "elements"), Output(ids.DIFF_GRAPH, "layout"), Output(ids.DIFF_INFO, "children"),
        latest, Input(ids.VERSION_A, "value"), Input(ids.VERSION_B, "value"),
-       State(ids.DIFF_GRAPH, "layout"))(A.diff_view)
+       State(ids.DIFF_GRAPH, "layout"))(analysis.diff_view)
     cb(Output(ids.RANK_A, "options"), Output(ids.RANK_A, "value"), Output(ids.RANK_B, "options"),
        Output(ids.RANK_B, "value"), latest, State(ids.RANK_A, "value"), State(ids.RANK_B, "value"),
-       with_src=False)(A.rank_options)
+       with_src=False)(analysis.rank_options)
     cb(Output(ids.RANK_FIG, "figure"), latest, Input(ids.RANK_A, "value"), Input(ids.RANK_B, "value"),
-       Input(ids.RANK_STAT, "value"), step)(A.rank_figure)
+       Input(ids.RANK_STAT, "value"), step)(analysis.rank_figure)
     app.clientside_callback(ClientsideFunction("gva", "show"), Output(ids.PAINTED, "data"),
                             Input(ids.ELEMENTS, "data"), Input(ids.COLORS, "data"))
     app.clientside_callback(ClientsideFunction("gva", "focus"), Output(ids.FOCUSED, "data"),
@@ -148,8 +148,8 @@ def register(app: Dash, src: DataSource) -> None:
                             Input(ids.FIT, "n_clicks"), State(ids.GRAPH, "id"), prevent_initial_call=True)
 
 
-def _fold_adapter(src, trigger, _toggle, _collapse, _expand, _run, selected, key, collapsed, search):
-    return C.fold_modules(src, trigger, selected, key, collapsed, search)
+def _fold_adapter(src, trigger, _toggle, _fold_all, _unfold_all, _run, selected, key, folded, search):
+    return callbacks.fold_modules(src, trigger, selected, key, folded, search)
 
 
 def is_loopback(host: str) -> bool:

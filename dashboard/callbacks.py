@@ -12,12 +12,12 @@ from urllib.parse import parse_qs, quote
 from dash import Patch, get_relative_path, no_update
 
 from graphviz_autograd.errors import GraphvizAutogradError
-from graphviz_autograd.run_findings import run_findings
+from graphviz_autograd.diagnosis.recorded import run_findings
 
-from . import figures as FIG
+from . import figures
 from . import ids
 from . import panels
-from .data import DataSource, collapsed_set
+from .data import DataSource, folded_set
 from .fold import GROUP_PREFIX, MODULE_PREFIX, modules_at_depth, node_module, parent_path, prefixes
 from .graph_view import (ELEMENTS_ROUTE, METRICS, color_payload, elements_ref, node_values,
                          search_nodes, stylesheet)
@@ -25,7 +25,7 @@ from .layout import deferred
 from .runs import newest_run
 
 READ_ERRORS = (GraphvizAutogradError, KeyError, OSError, ValueError)
-EXPAND_FOLDS_CHILDREN_OVER = 60     # expanding a module this big folds its child modules
+UNFOLD_FOLDS_CHILDREN_OVER = 60     # unfolding a module this big folds its child modules
 
 
 def url_params(search: str | None) -> dict[str, str]:
@@ -157,7 +157,7 @@ def select_step(trigger, slider, picked, latest, state, search):
 def step_patch(state) -> Patch:
     """Move a figure's selected-step marker without resending its data."""
     p = Patch()
-    p["layout"]["shapes"] = FIG.step_shape((state or {}).get("step"))
+    p["layout"]["shapes"] = figures.step_shape((state or {}).get("step"))
     return p
 
 
@@ -171,7 +171,7 @@ def loss_figure(src: DataSource, triggered, latest, state):
     if only_step(triggered):
         return step_patch(state)
     if not latest:
-        return FIG.empty_figure("no run selected")
+        return figures.empty_figure("no run selected")
     try:
         reader = src.reader(latest["run"], latest["rank"])
         s = reader.loss()
@@ -180,8 +180,8 @@ def loss_figure(src: DataSource, triggered, latest, state):
             name = latest["scalars"][0]
             s = reader.series(name)
     except READ_ERRORS as exc:
-        return FIG.empty_figure(f"cannot read the loss: {exc}")
-    return FIG.loss_figure(s.steps, s.values, (state or {}).get("step"), latest["run"], name)
+        return figures.empty_figure(f"cannot read the loss: {exc}")
+    return figures.loss_figure(s.steps, s.values, (state or {}).get("step"), latest["run"], name)
 
 
 def scalar_options(latest, current):
@@ -195,17 +195,17 @@ def metrics_figure(src: DataSource, triggered, latest, chosen, state):
     if only_step(triggered):
         return step_patch(state)
     if not latest:
-        return FIG.empty_figure("no run selected")
+        return figures.empty_figure("no run selected")
     try:
         reader = src.reader(latest["run"], latest["rank"])
         series = {n: tuple(reader.series(n)) for n in (chosen or []) if n in latest["scalars"]}
     except READ_ERRORS as exc:
-        return FIG.empty_figure(f"cannot read scalars: {exc}")
-    return FIG.metrics_figure(series, (state or {}).get("step"), latest["run"])
+        return figures.empty_figure(f"cannot read scalars: {exc}")
+    return figures.metrics_figure(series, (state or {}).get("step"), latest["run"])
 
 
 # -- the graph -------------------------------------------------------------------------
-def graph_update(src: DataSource, latest, state, collapsed, metric, key):
+def graph_update(src: DataSource, latest, state, fold_state, metric, key):
     """Elements and stylesheet (only when the graph version or folding changed), plus the
     colour payload and legend of the selected step (every time)."""
     if not latest:
@@ -216,16 +216,16 @@ def graph_update(src: DataSource, latest, state, collapsed, metric, key):
         if version is None:
             return None, no_update, None, "no graph recorded yet", None, panels.legend(None)
         step_readings(src, run, rank, state, metric)   # while the layout may still be running
-        new_key, scene = src.scene(run, rank, version, collapsed)
+        new_key, scene = src.scene(run, rank, version, fold_state)
     except READ_ERRORS as exc:
         return None, no_update, None, f"cannot read the graph: {exc}", None, panels.legend(None)
     colors, legend = graph_colors(src, new_key, scene, state, metric, latest)
     if new_key == key:
         return no_update, no_update, no_update, no_update, colors, legend
     n_src = len(scene.view.source) if scene.view.source is not None else len(scene.graph)
-    folded = len(scene.view.collapsed)
+    n_folded = len(scene.view.folded)
     info = (f"graph version {version}: {n_src} nodes"
-            + (f", {len(scene.graph)} shown ({folded} module(s) folded)" if folded else "")
+            + (f", {len(scene.graph)} shown ({n_folded} module(s) folded)" if n_folded else "")
             + f" · layout: {scene.engine}")
     # Positions travel with the elements; the browser fits the view to the bbox when the graph
     # (not only its folding) changed (see assets/dashboard.js).
@@ -274,7 +274,7 @@ def graph_colors(src: DataSource, key, scene, state, metric, latest):
 
 
 def step_findings(src: DataSource, run, rank, step) -> list:
-    """What looks wrong at ``step`` (graphviz_autograd.run_findings), cached per step."""
+    """What looks wrong at ``step`` (diagnosis.recorded.run_findings), cached per step."""
     if step is None:
         return []
     try:
@@ -313,39 +313,39 @@ def select_node(trigger, tap, result, _run, current):
 
 
 def _fold_target(scene, node_id) -> tuple[str, str] | None:
-    """``("expand" | "collapse", module path)`` for the selected node, or None."""
+    """``("unfold" | "fold", module path)`` for the selected node, or None."""
     if not node_id or scene is None:
         return None
     if node_id.startswith(GROUP_PREFIX):
-        return "collapse", node_id[len(GROUP_PREFIX):]
+        return "fold", node_id[len(GROUP_PREFIX):]
     if node_id in scene.view.members:
-        return "expand", node_id[len(MODULE_PREFIX):]
+        return "unfold", node_id[len(MODULE_PREFIX):]
     if node_id in scene.graph:
         mod = node_module(scene.graph.node(node_id))
-        return ("collapse", mod) if mod else None
+        return ("fold", mod) if mod else None
     return None
 
 
-def fold_modules(src: DataSource, trigger, selected, key, collapsed, search):
-    """The COLLAPSED store after a fold button, a run change or the page URL."""
+def fold_modules(src: DataSource, trigger, selected, key, fold_state, search):
+    """The FOLDED store after a fold button, a run change or the page URL."""
     if trigger in (ids.RUN, ids.LOCATION, None):
         mode = url_params(search).get("fold", "auto")
         new = {"mode": mode if mode in ("auto", "none", "all") else "auto"}
-        return no_update if new == collapsed else new
-    if trigger == ids.COLLAPSE_ALL:
+        return no_update if new == fold_state else new
+    if trigger == ids.FOLD_ALL:
         return {"mode": "all"}
-    if trigger == ids.EXPAND_ALL:
+    if trigger == ids.UNFOLD_ALL:
         return {"mode": "none"}
     scene = src.scene_for_key(key)
     target = _fold_target(scene, selected)
     if trigger != ids.FOLD_TOGGLE or target is None or scene.view.source is None:
         return no_update
     graph = scene.view.source
-    current = set(collapsed_set(graph, collapsed, src.auto_max_nodes))
+    current = set(folded_set(graph, fold_state, src.auto_max_nodes))
     action, path = target
-    if action == "expand":
+    if action == "unfold":
         current.discard(path)
-        if len(scene.view.members.get(MODULE_PREFIX + path, ())) > EXPAND_FOLDS_CHILDREN_OVER:
+        if len(scene.view.members.get(MODULE_PREFIX + path, ())) > UNFOLD_FOLDS_CHILDREN_OVER:
             depth = path.count(".") + 1
             current |= {p for p in modules_at_depth(graph, depth) if parent_path(p) == path}
     else:

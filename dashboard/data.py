@@ -13,15 +13,13 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
-from graphviz_autograd.model import Graph
+from graphviz_autograd.graph.model import Graph
 from graphviz_autograd.store import STORE_GLOB, RankReader, Run, open_run
 
-from . import fold as F
+from . import fold
 from .graph_view import Scene, build_scene, elements_payload
 from .runs import list_runs, resolve_run
 
-GRAD_STATS = ("grad_norm", "grad_absmax", "grad_zero_frac", "grad_nan", "grad_inf",
-              "grad_mean", "grad_std")
 HEAT_MAX_STEPS = 150
 HEAT_MAX_ROWS = 200
 
@@ -60,17 +58,17 @@ class _LRU:
         return value
 
 
-def collapsed_set(graph: Graph, state: dict | None, auto_max: int = F.AUTO_MAX_NODES) -> frozenset[str]:
-    """Module paths to fold for a COLLAPSED store value on ``graph``."""
+def folded_set(graph: Graph, state: dict | None, auto_max: int = fold.AUTO_MAX_NODES) -> frozenset[str]:
+    """Module paths to fold for a FOLDED store value on ``graph``."""
     state = state or {}
     mode = state.get("mode", "auto")
     if mode == "none":
         return frozenset()
     if mode == "all":
-        return F.modules_at_depth(graph, 0)
+        return fold.modules_at_depth(graph, 0)
     if mode == "paths":
-        return frozenset(p for p in state.get("paths", ()) if isinstance(p, str)) & F.all_modules(graph)
-    return F.auto_collapsed(graph, auto_max)
+        return frozenset(p for p in state.get("paths", ()) if isinstance(p, str)) & fold.all_modules(graph)
+    return fold.auto_fold(graph, auto_max)
 
 
 def _digest(items) -> str:
@@ -80,7 +78,7 @@ def _digest(items) -> str:
 class DataSource:
     """Every read the dashboard does, for the runs under ``runs_root``."""
 
-    def __init__(self, runs_root: str | Path, *, auto_max_nodes: int = F.AUTO_MAX_NODES,
+    def __init__(self, runs_root: str | Path, *, auto_max_nodes: int = fold.AUTO_MAX_NODES,
                  layout_engine: str = "auto"):
         self.root = Path(runs_root)
         self.auto_max_nodes = auto_max_nodes
@@ -161,22 +159,23 @@ class DataSource:
         return version
 
     def scene(self, name: str, rank: int | None, version: int,
-              collapsed: dict | None) -> tuple[str, Scene]:
-        """``(key, scene)`` of a graph version with modules folded per ``collapsed``."""
+              fold_state: dict | None) -> tuple[str, Scene]:
+        """``(key, scene)`` of a graph version with modules folded per ``fold_state`` (the
+        FOLDED store's value)."""
         reader = self.reader(name, rank)
         fingerprint = next((v.fingerprint for v in reader.graph_versions() if v.version == version),
                            str(version))
         graph = reader.graph(version)
-        folded = self._memo.get(("folded", fingerprint, json.dumps(collapsed, sort_keys=True)),
-                                lambda: collapsed_set(graph, collapsed, self.auto_max_nodes))
+        folded = self._memo.get(("folded", fingerprint, json.dumps(fold_state, sort_keys=True)),
+                                lambda: folded_set(graph, fold_state, self.auto_max_nodes))
         key = f"{name}|{reader.rank}|v{version}|{fingerprint}|{_digest(folded)}"
         scene = self._scenes.get(("scene", fingerprint, folded),
-                                 lambda: build_scene(F.fold(graph, folded), self.layout_engine))
+                                 lambda: build_scene(fold.fold(graph, folded), self.layout_engine))
         with self._lock:
             self._keys[key] = (name, reader.rank, version, folded)
         return key, scene
 
-    def prewarm(self, name: str, rank: int | None, collapsed: dict | None) -> None:
+    def prewarm(self, name: str, rank: int | None, fold_state: dict | None) -> None:
         """Lay out the latest graph of a run in the background (once per run and rank; None is
         its first rank), before the browser asks."""
         try:
@@ -192,7 +191,7 @@ class DataSource:
             try:
                 version = self.version_at(name, rank, None)
                 if version is not None:
-                    self.scene_json(self.scene(name, rank, version, collapsed)[0])
+                    self.scene_json(self.scene(name, rank, version, fold_state)[0])
                 self.heat(name, rank)     # reads every layer's history: slow on a cold disk
             except Exception:  # noqa: BLE001 - only a head start; the callback reports errors
                 pass
@@ -212,7 +211,7 @@ class DataSource:
         except Exception:  # noqa: BLE001 - the run went away or is unreadable
             return None
         return self._scenes.get(("scene", fingerprint, folded),
-                                lambda: build_scene(F.fold(graph, folded), self.layout_engine))
+                                lambda: build_scene(fold.fold(graph, folded), self.layout_engine))
 
     def scene_json(self, key: str) -> bytes | None:
         """The elements of ``key`` as JSON bytes (cached with the scene), or None."""

@@ -6,9 +6,9 @@ recorder kept them): its gradient curves combine those of the nodes it stands fo
 """
 from __future__ import annotations
 
-from graphviz_autograd.model import NodeKind
+from graphviz_autograd.graph.model import NodeKind
 
-from . import figures as FIG
+from . import figures
 from . import panels
 from .callbacks import READ_ERRORS, _fold_target, only_step, step_patch
 from .data import DataSource
@@ -33,7 +33,7 @@ def _node_and_graph(scene, node_id):
 
 
 def _is_folded(node) -> bool:
-    return node.id.startswith(MODULE_PREFIX) and node.op == "module"
+    return node.kind is NodeKind.MODULE
 
 
 def _series_spec(node) -> tuple[str, str, tuple[str, ...]]:
@@ -77,7 +77,7 @@ def node_detail(src: DataSource, node_id, key):
     """Detail panel and the fold button of the selected node."""
     scene = src.scene_for_key(key)
     target = _fold_target(scene, node_id)
-    fold_label = f"{target[0]} {target[1]}" if target else "expand / collapse selected"
+    fold_label = f"{target[0]} {target[1]}" if target else "fold / unfold selected"
     if scene is not None and node_id and node_id.startswith(GROUP_PREFIX):
         inside = sum(1 for p in scene.view.parent.values() if p == node_id)
         return panels.group_panel(node_id, inside), fold_label, target is None
@@ -96,9 +96,9 @@ def node_figure(src: DataSource, triggered, node_id, key, latest, state):
     scene = src.scene_for_key(key)
     node, _graph = _node_and_graph(scene, node_id)
     if node_id and node_id.startswith(GROUP_PREFIX):
-        return FIG.empty_figure("an open module: select a node in it")
+        return figures.empty_figure("an open module: select a node in it")
     if node is None or not latest:
-        return FIG.empty_figure("no node selected")
+        return figures.empty_figure("no node selected")
     kind, name, stats = _series_spec(node)
     try:
         reader = src.reader(latest["run"], latest["rank"])
@@ -110,8 +110,8 @@ def node_figure(src: DataSource, triggered, node_id, key, latest, state):
         else:
             series = {s: tuple(getattr(reader, f"{kind}_series")(name, s)) for s in stats}
     except READ_ERRORS as exc:
-        return FIG.empty_figure(f"cannot read statistics: {exc}")
-    return FIG.node_figure(series, (state or {}).get("step"), f"{name} over steps", key or "")
+        return figures.empty_figure(f"cannot read statistics: {exc}")
+    return figures.node_figure(series, (state or {}).get("step"), f"{name} over steps", key or "")
 
 
 def node_at_step(src: DataSource, node_id, state, key, latest):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from graphviz_autograd.export.style import (CLUSTER_BORDER, KIND_STYLE, MODULE_BORDER, MODULE_FILL,
                                             human_bytes)
-from graphviz_autograd.model import Graph, Node, NodeKind
+from graphviz_autograd.graph.model import Graph, Node, NodeKind
 
 from .fold import GROUP_PREFIX, View
 from .layout_engine import box_size, label_lines, layout
@@ -54,11 +54,11 @@ METRICS: dict[str, Metric] = {
 }
 DEFAULT_METRIC = "grad_norm"
 KIND_CLASS = {NodeKind.OP: "op", NodeKind.PARAM: "param", NodeKind.LEAF: "leaf",
-              NodeKind.OUTPUT: "output", NodeKind.SAVED: "saved"}
+              NodeKind.OUTPUT: "output", NodeKind.SAVED: "saved", NodeKind.MODULE: "module"}
 
 
 def kind_class(n: Node) -> str:
-    return "module" if n.op == "module" and n.id.startswith("module:") else KIND_CLASS[n.kind]
+    return KIND_CLASS[n.kind]
 
 
 @dataclass
@@ -161,6 +161,8 @@ def stylesheet(n_nodes: int = 0) -> list[dict]:
     shapes = {"op": "round-rectangle", "param": "rectangle", "leaf": "cut-rectangle",
               "output": "rectangle", "saved": "rectangle"}
     for kind, cls in KIND_CLASS.items():
+        if kind is NodeKind.MODULE:
+            continue                    # node.module below
         fill, border, _shape, style, _text = KIND_STYLE[kind]
         st = {"background-color": fill, "border-color": border, "shape": shapes[cls]}
         if "bold" in style:

@@ -31,10 +31,10 @@ SEARCH = "gva-search"
 SEARCH_RESULT = "gva-search-result"
 SEARCH_INFO = "gva-search-info"
 FOCUSED = "gva-focused"          # Store: written by the clientside search focus (dummy output)
-COLLAPSED = "gva-collapsed"      # Store: {"mode": "auto"} or {"paths": [...]}
+FOLDED = "gva-folded"      # Store: {"mode": "auto"} or {"paths": [...]}
 FOLD_TOGGLE = "gva-fold-toggle"
-COLLAPSE_ALL = "gva-collapse-all"
-EXPAND_ALL = "gva-expand-all"
+FOLD_ALL = "gva-fold-all"
+UNFOLD_ALL = "gva-unfold-all"
 FIT = "gva-fit"
 
 # node details

@@ -4,7 +4,8 @@ from __future__ import annotations
 import dash_cytoscape as cyto
 from dash import dcc, html
 
-from graphviz_autograd.export.style import KIND_STYLE, MODULE_BORDER, MODULE_FILL
+from graphviz_autograd.export.style import KIND_STYLE
+from graphviz_autograd.graph.model import NodeKind
 
 from . import ids
 from .graph_view import DEFAULT_METRIC, METRICS, preset_layout, stylesheet
@@ -83,13 +84,11 @@ def curves() -> html.Section:
 def kind_legend() -> html.Div:
     items = []
     for kind, (fill, border, _shape, _style, text) in KIND_STYLE.items():
+        if kind is NodeKind.MODULE:
+            text = "folded module (select, then unfold)"
         items.append(html.Span(className="gva-kind", children=[
             html.Span(className=f"gva-swatch gva-kind-{kind.value}",
                       style={"background": fill, "borderColor": border}), text]))
-    items.append(html.Span(className="gva-kind", children=[
-        html.Span(className="gva-swatch gva-kind-module",
-                  style={"background": MODULE_FILL, "borderColor": MODULE_BORDER}),
-        "folded module (select, then expand)"]))
     return html.Div(className="gva-kinds", children=items)
 
 
@@ -101,10 +100,10 @@ def graph_section() -> html.Section:
         dcc.Input(id=ids.SEARCH, type="search", placeholder="find op, module or parameter",
                   debounce=True, className="gva-search"),
         html.Span(id=ids.SEARCH_INFO, className="gva-search-info"),
-        html.Button("expand / collapse selected", id=ids.FOLD_TOGGLE, disabled=True,
+        html.Button("fold / unfold selected", id=ids.FOLD_TOGGLE, disabled=True,
                     className="gva-button"),
-        html.Button("collapse all", id=ids.COLLAPSE_ALL, className="gva-button"),
-        html.Button("expand all", id=ids.EXPAND_ALL, className="gva-button"),
+        html.Button("fold all", id=ids.FOLD_ALL, className="gva-button"),
+        html.Button("unfold all", id=ids.UNFOLD_ALL, className="gva-button"),
         html.Button("fit", id=ids.FIT, className="gva-button"),
     ])
     # Elements are loaded by assets/dashboard.js from the ELEMENTS store, not through this
@@ -169,7 +168,7 @@ def stores() -> list:
         dcc.Store(id=ids.GRAPH_KEY), dcc.Store(id=ids.ELEMENTS), dcc.Store(id=ids.COLORS),
         dcc.Store(id=ids.PAINTED),
         dcc.Store(id=ids.SEARCH_RESULT), dcc.Store(id=ids.FOCUSED),
-        dcc.Store(id=ids.COLLAPSED, data={"mode": "auto"}), dcc.Store(id=ids.SELECTED),
+        dcc.Store(id=ids.FOLDED, data={"mode": "auto"}), dcc.Store(id=ids.SELECTED),
     ]
 
 

@@ -15,7 +15,7 @@ import subprocess
 from collections import deque
 
 from graphviz_autograd.export.dot import FAST_LAYOUT, node_label, q
-from graphviz_autograd.model import Node
+from graphviz_autograd.graph.model import Node
 
 DOT_MAX_NODES = 2000
 DOT_TIMEOUT_S = 5.0

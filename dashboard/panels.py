@@ -8,7 +8,7 @@ from __future__ import annotations
 from dash import html
 
 from graphviz_autograd.export.style import human_bytes
-from graphviz_autograd.model import Graph, Node, NodeKind, TensorMeta
+from graphviz_autograd.graph.model import Graph, Node, NodeKind, TensorMeta
 
 from .fold import GROUP_PREFIX, MODULE_PREFIX
 from .graph_view import BINARY, NO_DATA, NONFINITE, PALETTE, fmt_value
@@ -48,7 +48,7 @@ def input_shapes(graph: Graph, node_id: str) -> list[str]:
 
 def detail_panel(node: Node, graph: Graph, members: int = 0) -> list:
     """The detail panel of one visible node (op, folded module, parameter, input or output)."""
-    folded = node.id.startswith(MODULE_PREFIX) and node.op == "module"
+    folded = node.kind is NodeKind.MODULE
     title = node.module if folded else (node.param if node.kind is NodeKind.PARAM else node.op)
     rows = [_row("id", node.id), _row("kind", "folded module" if folded else node.kind.value)]
     if not folded:
@@ -97,7 +97,7 @@ def group_panel(group_id: str, n_visible: int) -> list:
     return [html.H3(path, className="gva-node-title"),
             html.Table(html.Tbody([_row("kind", "module (open)"),
                                    _row("shows", f"{n_visible} nodes")]), className="gva-props"),
-            html.P("Use “expand / collapse selected” to fold it into one node.", className="gva-hint")]
+            html.P("Use “fold / unfold selected” to fold it into one node.", className="gva-hint")]
 
 
 def at_step_table(values: dict[str, float | None], step: int | None, stats_step: int | None) -> list:
@@ -151,14 +151,15 @@ def diff_summary(added: list[str], removed: list[str], va: int, vb: int,
 
 
 def findings_list(findings, step: int | None) -> html.Div:
-    """What looks wrong at the selected step (graphviz_autograd.run_findings), as text."""
+    """What looks wrong at the selected step (diagnosis.recorded.run_findings), as text."""
     if step is None:
         return html.Div(id="gva-findings", className="gva-findings")
     if not findings:
         return html.Div(id="gva-findings", className="gva-findings gva-hint",
                         children=f"no findings at step {step}")
-    items = [html.Li(className=f"gva-finding gva-{f.severity}",
-                     children=[html.B(f"{f.severity} {f.kind}: "), f.message]) for f in findings]
+    items = [html.Li(className=f"gva-finding gva-{f.severity.value}",
+                     children=[html.B(f"{f.severity.value} {f.kind.value}: "), f.message])
+             for f in findings]
     return html.Div(id="gva-findings", className="gva-findings",
                     children=[html.Span(f"findings at step {step} (marked on the graph)",
                                         className="gva-legend-title"), html.Ul(items)])

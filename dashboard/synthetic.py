@@ -2,7 +2,7 @@
 
 The graph looks like a small transformer: ``blocks.<i>`` with layer norms, q/k/v
 projections, attention, an MLP and residual adds, about 40 nodes per block, ids
-following :mod:`graphviz_autograd.ids`. ``python -m dashboard.synthetic runs/big
+following :mod:`graphviz_autograd.graph.ids`. ``python -m dashboard.synthetic runs/big
 --nodes 2000 --steps 500`` writes a run to open in the dashboard.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 import random
 import time
 
-from graphviz_autograd.model import Edge, Graph, Node, NodeKind, SavedTensor, TensorMeta
+from graphviz_autograd.graph.model import Edge, Graph, Node, NodeKind, SavedTensor, TensorMeta
 
 BLOCK_NODES = 41
 

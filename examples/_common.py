@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from typing import Callable
 
@@ -72,11 +73,9 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader, *,
 
     ``loss_fn(model, output, target)`` returns the loss, or ``(loss, {name: scalar})``
     to log more scalars. Prints ``[epoch 1] loss: 0.123`` per epoch like the seed,
-    with a tqdm bar of the running loss. ``on_graph(graph)`` is called once, as soon
-    as the recorder traced the graph.
+    with a progress line of the running loss on a terminal. ``on_graph(graph)`` is
+    called once, as soon as the recorder traced the graph.
     """
-    from tqdm import tqdm  # noqa: PLC0415
-
     if epochs < 1 or (steps is not None and steps < 1):
         raise ConfigError(f"epochs={epochs}, steps={steps}: both must be at least 1")
     model.train()
@@ -86,9 +85,9 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader, *,
         if sampler is not None and hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         running, n = 0.0, 0
-        bar = tqdm(loader, desc=f"{desc}epoch {epoch + 1}", leave=False, unit="batch",
-                   disable=None if progress else True)
-        for x, y in bar:
+        bar = Progress(f"{desc}epoch {epoch + 1}", len(loader) if hasattr(loader, "__len__") else None,
+                       enabled=progress)
+        for x, y in loader:
             optimizer.zero_grad()
             out = model(x)
             result = loss_fn(model, out, y)
@@ -104,7 +103,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader, *,
             value = loss.item()
             losses.append(value)
             running, n = running + value, n + 1
-            bar.set_postfix(loss=f"{running / n:.3f}")
+            bar.update(n, running / n)
             step += 1
             if steps is not None and step >= steps:
                 break
@@ -116,6 +115,28 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader, *,
             break
     return {"steps": step, "losses": losses, "epoch_losses": epoch_losses,
             "seconds": time.perf_counter() - t0}
+
+
+class Progress:
+    """One line on a terminal: ``epoch 1: 120/125 batches, loss 0.345`` (nothing when piped)."""
+
+    def __init__(self, desc: str, total: int | None, enabled: bool = True):
+        self.desc, self.total = desc, total
+        self.on = enabled and sys.stderr.isatty()
+        self.last = 0.0
+
+    def update(self, done: int, loss: float) -> None:
+        now = time.monotonic()
+        if self.on and now - self.last > 0.2:
+            self.last = now
+            of = f"/{self.total}" if self.total else ""
+            sys.stderr.write(f"\r{self.desc}: {done}{of} batches, loss {loss:.3f}  ")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.on and self.last:
+            sys.stderr.write("\r" + " " * 60 + "\r")
+            sys.stderr.flush()
 
 
 def cross_entropy(_model, out, y):

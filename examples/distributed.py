@@ -22,8 +22,6 @@ import sys
 import tempfile
 import time
 
-if __package__ in (None, ""):  # run as a script: make `examples` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
 import torch.distributed as dist
@@ -31,9 +29,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data.distributed import DistributedSampler
 
 import graphviz_autograd as ga
-from examples import _common as C
-from examples.models import LeNet5
-from graphviz_autograd.data import load_mnist
+from graphviz_autograd.examples import _common as common
+from graphviz_autograd.examples.models import LeNet5
+from graphviz_autograd.examples.data import load_mnist
 
 NAME = "ddp"
 
@@ -69,16 +67,16 @@ def run(epochs: int = 1, steps: int | None = None, run_dir: str = f"runs/{NAME}"
         sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=seed)
         loader = torch.utils.data.DataLoader(data.train, batch_size=64, sampler=sampler)
         files: list[str] = []
-        on_graph = (lambda g: files.extend(C.render(g, run_dir, "graph", title="LeNet-5 (DDP)"))) \
+        on_graph = (lambda g: files.extend(common.render(g, run_dir, "graph", title="LeNet-5 (DDP)"))) \
             if rank == 0 else None
         with ga.Recorder(model, run_dir, optimizer=optimizer, every=every, overwrite=True,
                          meta={"example": NAME, "data": data.source}) as rec:
             say(f"{world} rank(s), gloo backend; recording every rank to {rec.run_dir} "
                 f"(statistics every {every} steps)")
-            result = C.fit(model, optimizer, loader, loss_fn=C.cross_entropy, recorder=rec,
+            result = common.fit(model, optimizer, loader, loss_fn=common.cross_entropy, recorder=rec,
                            epochs=epochs, steps=steps, progress=progress and rank == 0, echo=say,
                            sampler=sampler, on_graph=on_graph)
-            accuracy = C.evaluate(model.module, data.test) if rank == 0 else None
+            accuracy = common.evaluate(model.module, data.test) if rank == 0 else None
             if accuracy is not None:
                 rec.log(result["steps"], test_accuracy=accuracy)
         dist.barrier()
@@ -97,7 +95,7 @@ def run(epochs: int = 1, steps: int | None = None, run_dir: str = f"runs/{NAME}"
 
 def main(argv=None) -> dict:
     """Command line entry point; see the module docstring."""
-    args = C.parser(__doc__, run_dir=f"runs/{NAME}", epochs=1, every=10, progress=True).parse_args(argv)
+    args = common.parser(__doc__, run_dir=f"runs/{NAME}", epochs=1, every=10, progress=True).parse_args(argv)
     return run(args.epochs, args.steps, args.run_dir, args.data_dir, args.every,
                progress=not args.quiet)
 

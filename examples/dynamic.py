@@ -17,16 +17,14 @@ import itertools
 import os
 import sys
 
-if __package__ in (None, ""):  # run as a script: make `examples` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
 import torch.nn.functional as F
 
 import graphviz_autograd as ga
-from examples import _common as C
-from examples.models import DynamicNet
-from graphviz_autograd.data import load_mnist
+from graphviz_autograd.examples import _common as common
+from graphviz_autograd.examples.models import DynamicNet
+from graphviz_autograd.examples.data import load_mnist
 
 NAME = "dynamic"
 
@@ -60,7 +58,7 @@ def run(steps: int = 30, run_dir: str = f"runs/{NAME}", data_dir: str | None = N
     repeats_at = {}
     with ga.Recorder(model, run_dir, optimizer=optimizer, every=every, overwrite=True,
                      meta={"example": NAME}) as rec:
-        loader = C.loader(data.train, 64, seed)
+        loader = common.loader(data.train, 64, seed)
         batches = (batch for _epoch in itertools.count() for batch in loader)   # epochs until `steps`
         for step, (x, y) in zip(range(steps), batches):
             repeats_at[step] = model.repeats(x)
@@ -85,7 +83,7 @@ def run(steps: int = 30, run_dir: str = f"runs/{NAME}", data_dir: str | None = N
                  f"{repeats.get(gv.version, '?')}x, first at step {gv.first_step}, "
                  f"used by {len(used)} steps: {_ranges(used)}")
             if render:
-                files.extend(C.render(r.graph(gv.version), run_dir, f"graph-v{gv.version}", ("svg",),
+                files.extend(common.render(r.graph(gv.version), run_dir, f"graph-v{gv.version}", ("svg",),
                                       title=f"DynamicNet, graph version {gv.version}"))
     if files:
         echo(f"graphs: {', '.join(files)}")
@@ -95,8 +93,8 @@ def run(steps: int = 30, run_dir: str = f"runs/{NAME}", data_dir: str | None = N
 
 def main(argv=None) -> dict:
     """Command line entry point; see the module docstring."""
-    p = C.parser(__doc__, run_dir=f"runs/{NAME}", every=1)
-    p.add_argument("--steps", type=C.positive_int, default=30, help="training steps (default: 30)")
+    p = common.parser(__doc__, run_dir=f"runs/{NAME}", every=1)
+    p.add_argument("--steps", type=common.positive_int, default=30, help="training steps (default: 30)")
     args = p.parse_args(argv)
     return run(args.steps, args.run_dir, args.data_dir, args.every)
 

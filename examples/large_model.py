@@ -18,13 +18,11 @@ import os
 import sys
 import time
 
-if __package__ in (None, ""):  # run as a script: make `examples` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
 
 import graphviz_autograd as ga
-from examples import _common as C
+from graphviz_autograd.examples import _common as common
 
 NAME = "large_model"
 
@@ -54,7 +52,7 @@ def run(run_dir: str = f"out/{NAME}", *, models=tuple(MODELS), formats=("svg", "
     Returns:
         ``{name: {"graph", "nodes", "folded_nodes", "trace_s", "render_s", "files"}}``.
     """
-    from graphviz_autograd.export.collapse import collapse  # noqa: PLC0415
+    from graphviz_autograd.graph.fold import fold_depth  # noqa: PLC0415
 
     results = {}
     for name in models:
@@ -68,15 +66,15 @@ def run(run_dir: str = f"out/{NAME}", *, models=tuple(MODELS), formats=("svg", "
         t0 = time.perf_counter()
         graph = ga.trace(out, model=model)
         t_trace = time.perf_counter() - t0
-        folded = collapse(graph, fold)
+        folded = fold_depth(graph, fold)
         params = sum(p.numel() for p in model.parameters())
         echo(f"{name}: {params / 1e6:.1f} M parameters; forward {t_forward * 1000:.0f} ms; "
              f"trace {t_trace * 1000:.0f} ms; {graph.summary()}; folded at depth {fold}: {len(folded)} nodes")
         t0 = time.perf_counter()
-        files = C.render(graph, run_dir, name, formats, max_nodes=None, title=f"{name}: full graph")
+        files = common.render(graph, run_dir, name, formats, max_nodes=None, title=f"{name}: full graph")
         t_full = time.perf_counter() - t0
         t0 = time.perf_counter()
-        files += C.render(graph, run_dir, f"{name}-depth{fold}", formats, depth=fold,
+        files += common.render(graph, run_dir, f"{name}-depth{fold}", formats, depth=fold,
                           title=f"{name}: modules folded at depth {fold}")
         t_folded = time.perf_counter() - t0
         echo(f"  rendered full in {t_full:.1f} s, folded in {t_folded:.1f} s -> {', '.join(files)}")
@@ -87,7 +85,7 @@ def run(run_dir: str = f"out/{NAME}", *, models=tuple(MODELS), formats=("svg", "
 
 def main(argv=None) -> dict:
     """Command line entry point; see the module docstring."""
-    p = C.parser(__doc__, run_dir=f"out/{NAME}", data=False)
+    p = common.parser(__doc__, run_dir=f"out/{NAME}", data=False)
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     p.add_argument("--formats", nargs="+", choices=["svg", "png", "pdf", "dot"], default=["svg", "png"])
     p.add_argument("--depth", type=int, default=None,

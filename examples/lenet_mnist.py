@@ -2,7 +2,7 @@
 
 ``DataLoader(batch_size=64, shuffle=True)``, ``CrossEntropyLoss`` and
 ``SGD(lr=0.01, momentum=0.9)`` as in the seed; the per-epoch loss is printed
-like the seed (``[epoch 1] loss: 0.123``) under a tqdm bar of the running loss,
+like the seed (``[epoch 1] loss: 0.123``) under a progress line of the running loss,
 and the test accuracy at the end. :class:`graphviz_autograd.Recorder` writes
 loss, gradient and activation statistics into the run directory, and the
 graph is rendered there (``graph.svg``, ``graph.png``) as soon as it is known.
@@ -19,15 +19,13 @@ import os
 import sys
 import time
 
-if __package__ in (None, ""):  # run as a script: make `examples` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
 
 import graphviz_autograd as ga
-from examples import _common as C
-from examples.models import LeNet5
-from graphviz_autograd.data import load_mnist
+from graphviz_autograd.examples import _common as common
+from graphviz_autograd.examples.models import LeNet5
+from graphviz_autograd.examples.data import load_mnist
 
 NAME = "lenet"
 
@@ -60,7 +58,7 @@ def run(epochs: int = 1, steps: int | None = None, run_dir: str = f"runs/{NAME}"
     files: list[str] = []
 
     def on_graph(graph):
-        files.extend(C.render(graph, run_dir, "graph", title="LeNet-5: loss graph"))
+        files.extend(common.render(graph, run_dir, "graph", title="LeNet-5: loss graph"))
         echo(f"graph: {graph.summary()} -> {', '.join(files)}")
 
     meta = {"example": NAME, "data": data.source, "batch_size": batch_size, "lr": lr,
@@ -68,10 +66,10 @@ def run(epochs: int = 1, steps: int | None = None, run_dir: str = f"runs/{NAME}"
     with ga.Recorder(model, run_dir, optimizer=optimizer, every=every, overwrite=True,
                      meta=meta) as rec:
         echo(f"recording to {rec.run_dir} (statistics every {every} steps)")
-        result = C.fit(model, optimizer, C.loader(data.train, batch_size, seed), loss_fn=C.cross_entropy,
+        result = common.fit(model, optimizer, common.loader(data.train, batch_size, seed), loss_fn=common.cross_entropy,
                        recorder=rec, epochs=epochs, steps=steps, progress=progress, echo=echo,
                        on_graph=on_graph)
-        accuracy = C.evaluate(model, data.test)
+        accuracy = common.evaluate(model, data.test)
         rec.log(result["steps"], test_accuracy=accuracy)
         graph = rec.graph
     seconds = time.perf_counter() - t0
@@ -84,7 +82,7 @@ def run(epochs: int = 1, steps: int | None = None, run_dir: str = f"runs/{NAME}"
 
 def main(argv=None) -> dict:
     """Command line entry point; see the module docstring."""
-    args = C.parser(__doc__, run_dir=f"runs/{NAME}", epochs=1, every=10, progress=True).parse_args(argv)
+    args = common.parser(__doc__, run_dir=f"runs/{NAME}", epochs=1, every=10, progress=True).parse_args(argv)
     return run(args.epochs, args.steps, args.run_dir, args.data_dir, args.every,
                progress=not args.quiet)
 

@@ -21,14 +21,12 @@ import math
 import os
 import sys
 
-if __package__ in (None, ""):  # run as a script: make `examples` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
 
 import graphviz_autograd as ga
-from examples import _common as C
-from examples.models import Net
+from graphviz_autograd.examples import _common as common
+from graphviz_autograd.examples.models import Net
 
 NAME = "optimizers"
 OPTIMIZERS = {
@@ -99,8 +97,8 @@ def run(steps: int = 30, run_dir: str = f"runs/{NAME}", *, seed: int = 0, echo=p
 
 def main(argv=None) -> dict:
     """Command line entry point; see the module docstring."""
-    p = C.parser(__doc__, run_dir=f"runs/{NAME}", data=False)
-    p.add_argument("--steps", type=C.positive_int, default=30, help="steps per optimizer (default: 30)")
+    p = common.parser(__doc__, run_dir=f"runs/{NAME}", data=False)
+    p.add_argument("--steps", type=common.positive_int, default=30, help="steps per optimizer (default: 30)")
     args = p.parse_args(argv)
     return run(args.steps, args.run_dir)
 

@@ -19,15 +19,13 @@ from __future__ import annotations
 import os
 import sys
 
-if __package__ in (None, ""):  # run as a script: make `examples` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
 import torch.nn.functional as F
 
 import graphviz_autograd as ga
-from examples import _common as C
-from examples.models import LeNet5, SeedLeNet5
+from graphviz_autograd.examples import _common as common
+from graphviz_autograd.examples.models import LeNet5, SeedLeNet5
 
 NAME = "seed_lenet_bug"
 
@@ -84,10 +82,10 @@ def run(run_dir: str = f"out/{NAME}", *, use_doctor: bool = True, seed: int = 0,
     run_doctor = diagnose = None
     if use_doctor:
         try:
-            from graphviz_autograd.doctor import run_doctor
+            from graphviz_autograd.cli.report import run_doctor
         except ImportError:
             try:
-                from graphviz_autograd.diagnose import diagnose
+                from graphviz_autograd.diagnosis import diagnose
             except ImportError:
                 pass
     if run_doctor is not None:
@@ -119,7 +117,7 @@ def run(run_dir: str = f"out/{NAME}", *, use_doctor: bool = True, seed: int = 0,
 
 def main(argv=None) -> dict:
     """Command line entry point; see the module docstring."""
-    p = C.parser(__doc__, run_dir=f"out/{NAME}", data=False)
+    p = common.parser(__doc__, run_dir=f"out/{NAME}", data=False)
     p.add_argument("--no-doctor", action="store_true",
                    help="skip the doctor: print the raw error and the partial graph")
     args = p.parse_args(argv)

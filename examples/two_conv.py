@@ -15,14 +15,12 @@ import os
 import sys
 import time
 
-if __package__ in (None, ""):  # run as a script: make `examples` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
 
 import graphviz_autograd as ga
-from examples import _common as C
-from examples.models import Net
+from graphviz_autograd.examples import _common as common
+from graphviz_autograd.examples.models import Net
 
 NAME = "two_conv"
 
@@ -46,7 +44,7 @@ def run(run_dir: str = f"out/{NAME}", *, seed: int = 0, echo=print, formats=("sv
     echo("parameters in the graph: " + ", ".join(
         f"{name} {node.outputs[0].short() if node.outputs and node.outputs[0] else ''}"
         for name, node in sorted(graph.params.items())))
-    files = C.render(graph, run_dir, "graph", formats, title="Net: two conv layers")
+    files = common.render(graph, run_dir, "graph", formats, title="Net: two conv layers")
     for f in files:
         echo(f"wrote {f}")
     return {"graph": graph, "output_shape": tuple(out.shape), "files": files, "trace_ms": trace_ms}
@@ -54,7 +52,7 @@ def run(run_dir: str = f"out/{NAME}", *, seed: int = 0, echo=print, formats=("sv
 
 def main(argv=None) -> dict:
     """Command line entry point; see the module docstring."""
-    args = C.parser(__doc__, run_dir=f"out/{NAME}", data=False).parse_args(argv)
+    args = common.parser(__doc__, run_dir=f"out/{NAME}", data=False).parse_args(argv)
     return run(args.run_dir)
 
 

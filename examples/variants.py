@@ -34,16 +34,14 @@ from __future__ import annotations
 import os
 import sys
 
-if __package__ in (None, ""):  # run as a script: make `examples` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
 import torch.nn.functional as F
 
 import graphviz_autograd as ga
-from examples import _common as C
-from examples.models import LeNet5, LeNet5BN, LeNet5Softmax
-from graphviz_autograd.data import load_mnist
+from graphviz_autograd.examples import _common as common
+from graphviz_autograd.examples.models import LeNet5, LeNet5BN, LeNet5Softmax
+from graphviz_autograd.examples.data import load_mnist
 from graphviz_autograd.errors import ConfigError
 
 NAME = "variants"
@@ -76,11 +74,11 @@ def _nll_of_softmax(_model, probs, y):
 
 # name: (model class, loss_fn, weight_decay)
 VARIANTS = {
-    "bn_dropout": (LeNet5BN, C.cross_entropy, 0.0),
+    "bn_dropout": (LeNet5BN, common.cross_entropy, 0.0),
     "softmax_nll": (LeNet5Softmax, _nll_of_softmax, 0.0),
     "l1": (LeNet5, _penalized(l1_penalty, L1_LAMBDA), 0.0),
     "l2": (LeNet5, _penalized(l2_penalty, L2_LAMBDA), 0.0),
-    "weight_decay": (LeNet5, C.cross_entropy, WEIGHT_DECAY),
+    "weight_decay": (LeNet5, common.cross_entropy, WEIGHT_DECAY),
 }
 
 
@@ -139,14 +137,14 @@ def run(steps: int = 100, run_dir: str = f"runs/{NAME}", data_dir: str | None = 
         files: list[str] = []
         with ga.Recorder(model, path, optimizer=optimizer, every=every, overwrite=True,
                          meta={"example": NAME, "variant": name}) as rec:
-            out = C.fit(model, optimizer, C.loader(data.train, 64, seed), loss_fn=loss_fn, recorder=rec,
+            out = common.fit(model, optimizer, common.loader(data.train, 64, seed), loss_fn=loss_fn, recorder=rec,
                         steps=steps, epochs=10**6, progress=progress, echo=lambda _line: None,
                         desc=f"{name} ",
-                        on_graph=lambda g, p=path, n=name: files.extend(C.render(g, p, "graph", title=n)))
+                        on_graph=lambda g, p=path, n=name: files.extend(common.render(g, p, "graph", title=n)))
             graph = rec.graph
-        acc = C.evaluate(model, data.test)
-        results[name] = {"graph": graph, "loss": C.mean(out["losses"], first=False),
-                         "first_loss": C.mean(out["losses"], first=True),
+        acc = common.evaluate(model, data.test)
+        results[name] = {"graph": graph, "loss": common.mean(out["losses"], first=False),
+                         "first_loss": common.mean(out["losses"], first=True),
                          "test_accuracy": acc, "files": files, "run_dir": path}
     echo(f"\n{'variant':<14} {'loss (first 10 -> last 10 steps)':>34} {'test acc':>9} {'graph nodes':>12}  penalty ops")
     for name, r in results.items():
@@ -161,8 +159,8 @@ def run(steps: int = 100, run_dir: str = f"runs/{NAME}", data_dir: str | None = 
 
 def main(argv=None) -> dict:
     """Command line entry point; see the module docstring."""
-    p = C.parser(__doc__, run_dir=f"runs/{NAME}", every=10, progress=True)
-    p.add_argument("--steps", type=C.positive_int, default=100, help="steps per variant (default: 100)")
+    p = common.parser(__doc__, run_dir=f"runs/{NAME}", every=10, progress=True)
+    p.add_argument("--steps", type=common.positive_int, default=100, help="steps per variant (default: 100)")
     p.add_argument("--only", nargs="+", choices=list(VARIANTS), help="run only these variants")
     args = p.parse_args(argv)
     return run(args.steps, args.run_dir, args.data_dir, args.every, only=args.only,

@@ -7,8 +7,9 @@ Example:
     >>> graph.node("param:weight").outputs[0].shape
     (2, 4)
 
-Names are imported lazily (PEP 562), so ``graphviz_autograd.store`` and
-``graphviz_autograd.model`` can be used (e.g. by the dashboard) without torch.
+Names are imported lazily (PEP 562), so the torch-free parts (``graph``, ``store``,
+``export``, the finding types) can be used, e.g. by the dashboard, without torch.
+See "How the code is organised" in the README for the map of the packages.
 """
 from __future__ import annotations
 
@@ -18,13 +19,14 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "trace": ".tracer",
-    "instrument": ".instrumentation",
-    "Recorder": ".recorder",
-    "open_run": ".store",
-    "load_graph": ".export.serialize",
-    "diagnose": ".diagnose",
-    "Graph": ".model", "Node": ".model", "Edge": ".model", "NodeKind": ".model",
-    "TensorMeta": ".model", "SavedTensor": ".model",
+    "instrument": ".live.instrument",
+    "Recorder": ".record.recorder",
+    "open_run": ".store.run",
+    "load_graph": ".graph.serialize",
+    "diagnose": ".diagnosis.core",
+    "Diagnosis": ".diagnosis.findings", "Finding": ".diagnosis.findings",
+    "Graph": ".graph.model", "Node": ".graph.model", "Edge": ".graph.model",
+    "NodeKind": ".graph.model", "TensorMeta": ".graph.model", "SavedTensor": ".graph.model",
     "GraphvizAutogradError": ".errors",
 }
 

@@ -73,7 +73,7 @@ class DiagnoseInputError(GraphvizAutogradError, ValueError):
 class GradientFlowError(GraphvizAutogradError, AssertionError):
     """A gradient assertion of ``graphviz_autograd.testing`` failed.
 
-    ``.diagnosis`` holds the :class:`~graphviz_autograd.diagnose.Diagnosis` and
+    ``.diagnosis`` holds the :class:`~graphviz_autograd.diagnosis.Diagnosis` and
     ``.artifacts`` the files written for it (empty without ``--gva-artifacts``).
     """
 

@@ -13,7 +13,8 @@ Fixtures: ``gva_artifacts`` (the artifacts directory for this test) and
 every gradient the model's parameters get during the test).
 
 This module is imported in every pytest run of anyone who installed the
-package, so it imports neither torch nor the rest of the package at load time.
+package, so it imports no torch at load time; the options go to
+``graphviz_autograd.testing.settings`` (stdlib only), where the assertions read them.
 
 Example (a test file):
     def test_all_layers_learn(gradient_tracker):
@@ -28,10 +29,9 @@ from pathlib import Path
 
 import pytest
 
-# Read by graphviz_autograd.testing (through sys.modules, so that module need not be
-# imported here). Set in pytest_configure, restored in pytest_unconfigure.
-SETTINGS: dict = {}
-_SAVED: list[dict] = []
+from graphviz_autograd.testing import settings as _settings
+
+_SAVED: list[dict] = []     # the options of enclosing sessions (pytester runs nest them)
 
 
 def pytest_addoption(parser) -> None:
@@ -45,25 +45,26 @@ def pytest_addoption(parser) -> None:
 
 
 def pytest_configure(config) -> None:
-    global SETTINGS
-    _SAVED.append(SETTINGS)
+    _SAVED.append(dict(_settings.SETTINGS))
     artifacts = config.getoption("gva_artifacts", None)
     if artifacts:
         artifacts = str(Path(artifacts).expanduser().resolve())
-    SETTINGS = {"artifacts": artifacts,
-                "update_golden": bool(config.getoption("gva_update_golden", False))}
+    _settings.SETTINGS.clear()
+    _settings.SETTINGS.update(artifacts=artifacts,
+                              update_golden=bool(config.getoption("gva_update_golden", False)))
 
 
 def pytest_unconfigure(config) -> None:
-    global SETTINGS
-    SETTINGS = _SAVED.pop() if _SAVED else {}
+    _settings.SETTINGS.clear()
+    _settings.SETTINGS.update(_SAVED.pop() if _SAVED else {})
 
 
 def pytest_report_header(config) -> list[str]:
+    current = _settings.settings()
     parts = []
-    if SETTINGS.get("artifacts"):
-        parts.append(f"artifacts -> {SETTINGS['artifacts']}")
-    if SETTINGS.get("update_golden"):
+    if current.get("artifacts"):
+        parts.append(f"artifacts -> {current['artifacts']}")
+    if current.get("update_golden"):
         parts.append("updating golden graphs")
     return [f"graphviz-autograd: {', '.join(parts)}"] if parts else []
 
@@ -71,7 +72,7 @@ def pytest_report_header(config) -> list[str]:
 @pytest.fixture
 def gva_artifacts(tmp_path) -> Path:
     """The ``--gva-artifacts`` directory, or a fresh per-test directory without it."""
-    configured = SETTINGS.get("artifacts")
+    configured = _settings.settings().get("artifacts")
     path = Path(configured) if configured else tmp_path / "gva-artifacts"
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 
-from examples.models import LeNet5  # noqa: E402  (the same network the examples train)
+from graphviz_autograd.examples.models import LeNet5  # noqa: E402  (the same network the examples train)
 
 
 class Square(torch.autograd.Function):

@@ -339,7 +339,7 @@ def test_graph_node_missing_names_the_id_and_similar_ids(small_graph):
 
 
 def test_to_dot_negative_depth(small_graph):
-    raises_typed(E.FormatError, ValueError, "depth must be >= 0, got -1", "0 folds",
+    raises_typed(E.FormatError, ValueError, "depth must be an integer >= 0, got -1", "0 folds",
                  call=lambda: small_graph.to_dot(depth=-1))
 
 
@@ -917,10 +917,16 @@ MODELS = textwrap.dedent("""
 """)
 
 # id: (args, needles in the error line); "{d}" is the directory holding models.py and raises.py.
-# These run the installed console script in a subprocess (each imports torch: ~3 s of CPU) ...
+# These two run the installed console script in a subprocess (the real entry point, its exit
+# code and no traceback; each imports torch: ~3 s of CPU) ...
 CLI_CASES = {
     "spec-does-not-import": (["render", "no_such_module_xyz:Net", "--input-shape", "1,4"],
                              ["'no_such_module_xyz:Net'", "cannot import 'no_such_module_xyz'", "PYTHONPATH"]),
+    "forward-raises": (["render", "{d}/models.py:Exploding", "--input-shape", "1,4"],
+                       ["forward pass of", "ValueError: forward exploded on purpose", "--input-shape"]),
+}
+# ... and these run the same command in-process (click's CliRunner): same code, no torch import each.
+CLI_INPROCESS_CASES = {
     "spec-missing-attribute": (["render", "{d}/models.py:Nope", "--input-shape", "1,4"],
                                ["has no attribute 'Nope'", "it defines: ", "Tiny"]),
     "spec-file-raises": (["render", "{d}/raises.py:Net", "--input-shape", "1,4"],
@@ -935,13 +941,8 @@ CLI_CASES = {
                     ["input shape '' is empty", "separated by commas"]),
     "shape-negative": (["render", "{d}/models.py:Tiny", "--input-shape=-1,4"],
                        ["input shape '-1,4'", "'-1' is not a positive integer"]),
-    "forward-raises": (["render", "{d}/models.py:Exploding", "--input-shape", "1,4"],
-                       ["forward pass of", "ValueError: forward exploded on purpose", "--input-shape"]),
     "render-no-graphviz": (["render", "{d}/models.py:Tiny", "--input-shape", "1,4", "-o", "{d}/t.svg"],
                            ["GVA_DOT='/nonexistent/dot' is not an executable file", "unset it"]),
-}
-# ... and these run the same command in-process (click's CliRunner): same code, no torch import each.
-CLI_INPROCESS_CASES = {
     "spec-without-colon": (["render", "models", "--input-shape", "1,4"],
                            ["'models'", "package.module:callable"]),
     "spec-file-missing": (["render", "{d}/missing.py:Net", "--input-shape", "1,4"],
@@ -959,7 +960,7 @@ CLI_INPROCESS_CASES = {
     "render-unknown-suffix": (["render", "{d}/models.py:Tiny", "--input-shape", "1,4", "-o", "{d}/t.jpeg"],
                               ["unknown suffix .jpeg", ".svg"]),
     "render-depth-negative": (["render", "{d}/models.py:Tiny", "--input-shape", "1,4", "--depth", "-1",
-                               "-o", "{d}/t.dot"], ["depth must be >= 0, got -1"]),
+                               "-o", "{d}/t.dot"], ["depth must be an integer >= 0, got -1"]),
 }
 
 
@@ -1017,6 +1018,8 @@ def test_cli_bad_input_in_process(tmp_path, monkeypatch, case):
 
     d = _model_dir(tmp_path)
     monkeypatch.chdir(d)
+    monkeypatch.setenv("GVA_DOT", "/nonexistent/dot")
+    monkeypatch.syspath_prepend(str(d))
     args, needles = CLI_INPROCESS_CASES[case]
     result = CliRunner().invoke(main, [a.replace("{d}", str(d)) for a in args])
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), \

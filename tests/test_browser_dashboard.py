@@ -27,7 +27,7 @@ pytest.importorskip("dash")
 
 from test_dashboard_callbacks import HOSTILE, hostile_root, recorded_root  # noqa: E402
 
-from dashboard.synthetic import synthetic_graph  # noqa: E402
+from graphviz_autograd.dashboard.synthetic import synthetic_graph  # noqa: E402
 from graphviz_autograd.store import RunWriter  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

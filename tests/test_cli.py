@@ -10,13 +10,13 @@ import pytest
 from click.testing import CliRunner
 
 import graphviz_autograd as ga
-from graphviz_autograd import cli_train
-from graphviz_autograd import data as D
+from graphviz_autograd.cli import demo as cli_demo, train as cli_train
+from graphviz_autograd.examples import data as mnist_data
 from graphviz_autograd.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST_DIR = os.environ.get("GVA_MNIST_DIR") or os.path.join(os.path.dirname(REPO), "shared", "data", "MNIST")
-HAVE_MNIST = bool(D.find_idx_files(MNIST_DIR))
+HAVE_MNIST = bool(mnist_data.find_idx_files(MNIST_DIR))
 
 
 @pytest.fixture
@@ -27,11 +27,11 @@ def runner():
 @pytest.fixture
 def offline(monkeypatch):
     """No download in tests: the shared MNIST when present, else synthetic digits."""
-    monkeypatch.setenv(D.DOWNLOAD_ENV_VAR, "0")
+    monkeypatch.setenv(mnist_data.DOWNLOAD_ENV_VAR, "0")
     if HAVE_MNIST:
-        monkeypatch.setenv(D.ENV_VAR, MNIST_DIR)
+        monkeypatch.setenv(mnist_data.ENV_VAR, MNIST_DIR)
     else:
-        monkeypatch.delenv(D.ENV_VAR, raising=False)
+        monkeypatch.delenv(mnist_data.ENV_VAR, raising=False)
 
 
 def _one_line_error(result) -> str:
@@ -89,14 +89,15 @@ def test_render_bad_spec_or_shape_is_one_clear_line(runner, args, expected):
 
 
 def test_every_command_has_help(runner):
-    assert set(main.commands) >= {"render", "train", "demo", "dashboard", "doctor"}
-    for name in main.commands:
+    names = main.list_commands(None)
+    assert set(names) >= {"render", "train", "demo", "dashboard", "doctor"}
+    for name in names:
         result = runner.invoke(main, [name, "--help"])
         assert result.exit_code == 0, (name, result.output)
         assert result.output.startswith(f"Usage: main {name}") or "Usage:" in result.output
         assert len(result.output.splitlines()) > 4
     top = runner.invoke(main, ["--help"])
-    assert top.exit_code == 0 and all(name in top.output for name in main.commands)
+    assert top.exit_code == 0 and all(name in top.output for name in names)
 
 
 def test_console_script_help():
@@ -168,7 +169,7 @@ def _free_port() -> int:
 
 
 def test_demo_refuses_a_busy_port(runner, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli_train, "dashboard_missing", lambda: None)
+    monkeypatch.setattr(cli_demo, "dashboard_missing", lambda: None)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -180,7 +181,7 @@ def test_demo_refuses_a_busy_port(runner, tmp_path, monkeypatch):
 
 def test_demo_serves_then_stops_the_dashboard_on_ctrl_c(runner, tmp_path, monkeypatch, offline):
     started = []
-    real_start = cli_train.start_dashboard
+    real_start = cli_demo.start_dashboard
 
     def fake_start(runs_dir, host, port, log_path):
         cmd = [sys.executable, "-m", "http.server", str(port), "--bind", host, "--directory", runs_dir]
@@ -191,8 +192,8 @@ def test_demo_serves_then_stops_the_dashboard_on_ctrl_c(runner, tmp_path, monkey
     def interrupted(**_kw):
         assert started[0].poll() is None            # the dashboard serves during training
         raise KeyboardInterrupt
-    monkeypatch.setattr(cli_train, "dashboard_missing", lambda: None)
-    monkeypatch.setattr(cli_train, "start_dashboard", fake_start)
+    monkeypatch.setattr(cli_demo, "dashboard_missing", lambda: None)
+    monkeypatch.setattr(cli_demo, "start_dashboard", fake_start)
     monkeypatch.setattr(cli_train.import_example("lenet_mnist"), "run", interrupted)
     port = _free_port()
     result = runner.invoke(main, ["demo", "--port", str(port), "--run-dir", str(tmp_path / "runs" / "lenet")])
@@ -205,5 +206,5 @@ def test_demo_serves_then_stops_the_dashboard_on_ctrl_c(runner, tmp_path, monkey
 def test_start_dashboard_reports_a_crash(tmp_path):
     log = tmp_path / "dash.log"
     cmd = [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
-    assert cli_train.start_dashboard(str(tmp_path), "127.0.0.1", _free_port(), str(log), cmd=cmd, wait=20) is None
+    assert cli_demo.start_dashboard(str(tmp_path), "127.0.0.1", _free_port(), str(log), cmd=cmd, wait=20) is None
     assert "boom" in log.read_text()

@@ -21,13 +21,13 @@ pytest.importorskip("dash_cytoscape")
 
 from dash import Patch, no_update  # noqa: E402
 
-from dashboard import analysis as A  # noqa: E402
-from dashboard import callbacks as C  # noqa: E402
-from dashboard import details as D  # noqa: E402
-from dashboard import ids  # noqa: E402
-from dashboard.data import DataSource, parse_key  # noqa: E402
-from dashboard.synthetic import write_synthetic_run  # noqa: E402
-from graphviz_autograd.model import Edge, Graph, Node, NodeKind, TensorMeta  # noqa: E402
+from graphviz_autograd.dashboard import analysis as A  # noqa: E402
+from graphviz_autograd.dashboard import callbacks as C  # noqa: E402
+from graphviz_autograd.dashboard import details as D  # noqa: E402
+from graphviz_autograd.dashboard import ids  # noqa: E402
+from graphviz_autograd.dashboard.data import DataSource, parse_key  # noqa: E402
+from graphviz_autograd.dashboard.synthetic import write_synthetic_run  # noqa: E402
+from graphviz_autograd.graph.model import Edge, Graph, Node, NodeKind, TensorMeta  # noqa: E402
 from graphviz_autograd.store import RunWriter  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def recorded_root() -> Path:
     import torch
     import torch.nn.functional as F
 
-    from examples.models import DynamicNet, LeNet5
+    from graphviz_autograd.examples.models import DynamicNet, LeNet5
     from graphviz_autograd import Recorder
 
     root = _tmpdir("gva-dash-runs-")
@@ -119,9 +119,9 @@ def _latest(src, run, rank=None):
     return latest
 
 
-def _graph(src, latest, step=None, collapsed=None, metric="grad_norm", key=None):
+def _graph(src, latest, step=None, folded=None, metric="grad_norm", key=None):
     state = {"step": latest["latest"] if step is None else step, "follow": step is None}
-    return C.graph_update(src, latest, state, collapsed or {"mode": "auto"}, metric, key)
+    return C.graph_update(src, latest, state, folded or {"mode": "auto"}, metric, key)
 
 
 # -- runs, refresh, steps ----------------------------------------------------------------
@@ -209,7 +209,7 @@ def test_graph_update_switches_elements_when_the_version_changes(rec_src):
 
 
 def test_elements_route_serves_only_keys_the_app_built():
-    from dashboard.app import create_app
+    from graphviz_autograd.dashboard.app import create_app
     app = create_app(recorded_root())
     latest = _latest(app.gva_source, "lenet")
     ref, _s, key, *_ = _graph(app.gva_source, latest)
@@ -235,29 +235,29 @@ def test_big_graph_opens_folded_and_folding_toggles(syn_src):
     elements = syn_src.scene_for_key(key).elements
     assert "folded" in info and sum(e["data"].get("kind") == "module" for e in elements) > 0
     module_id = next(e["data"]["id"] for e in elements if e["data"].get("kind") == "module")
-    collapsed = C.fold_modules(syn_src, ids.FOLD_TOGGLE, module_id, key, {"mode": "auto"}, "")
-    assert collapsed["mode"] == "paths" and module_id[len("module:"):] not in collapsed["paths"]
-    ref2, _s, key2, _i, _c, _l = _graph(syn_src, latest, collapsed=collapsed, key=key)
+    folded = C.fold_modules(syn_src, ids.FOLD_TOGGLE, module_id, key, {"mode": "auto"}, "")
+    assert folded["mode"] == "paths" and module_id[len("module:"):] not in folded["paths"]
+    ref2, _s, key2, _i, _c, _l = _graph(syn_src, latest, folded=folded, key=key)
     assert key2 != key and ref2["n"] > len(elements)
-    assert C.fold_modules(syn_src, ids.EXPAND_ALL, None, key2, collapsed, "") == {"mode": "none"}
-    assert C.fold_modules(syn_src, ids.COLLAPSE_ALL, None, key2, collapsed, "") == {"mode": "all"}
-    assert C.fold_modules(syn_src, ids.RUN, None, key2, collapsed, "?fold=none") == {"mode": "none"}
+    assert C.fold_modules(syn_src, ids.UNFOLD_ALL, None, key2, folded, "") == {"mode": "none"}
+    assert C.fold_modules(syn_src, ids.FOLD_ALL, None, key2, folded, "") == {"mode": "all"}
+    assert C.fold_modules(syn_src, ids.RUN, None, key2, folded, "?fold=none") == {"mode": "none"}
     fig = D.node_figure(syn_src, {ids.SELECTED}, module_id, key, latest, {"step": 2})
     assert fig["data"][0]["name"].startswith("grad_norm (max of members)") and fig["data"][0]["y"]
     table = str(D.node_at_step(syn_src, module_id, {"step": 2}, key, latest))
     assert "grad_norm" in table and "grad_absmax" in table
 
 
-def test_collapse_an_open_module_from_its_box_or_a_member(rec_src):
+def test_fold_an_open_module_from_its_box_or_a_member(rec_src):
     latest = _latest(rec_src, "lenet")
     key = _graph(rec_src, latest)[2]
     for selected in ("group:fc1", "fc1/AddmmBackward0:0", "param:fc1.weight"):
-        collapsed = C.fold_modules(rec_src, ids.FOLD_TOGGLE, selected, key, {"mode": "auto"}, "")
-        assert collapsed == {"mode": "paths", "paths": ["fc1"]}, selected
-    key2 = _graph(rec_src, latest, collapsed=collapsed, key=key)[2]
+        folded = C.fold_modules(rec_src, ids.FOLD_TOGGLE, selected, key, {"mode": "auto"}, "")
+        assert folded == {"mode": "paths", "paths": ["fc1"]}, selected
+    key2 = _graph(rec_src, latest, folded=folded, key=key)[2]
     panel, label, disabled = D.node_detail(rec_src, "module:fc1", key2)
-    assert label == "expand fc1" and not disabled and "folded module" in str(panel)
-    again = C.fold_modules(rec_src, ids.FOLD_TOGGLE, "module:fc1", key2, collapsed, "")
+    assert label == "unfold fc1" and not disabled and "folded module" in str(panel)
+    again = C.fold_modules(rec_src, ids.FOLD_TOGGLE, "module:fc1", key2, folded, "")
     assert again == {"mode": "paths", "paths": []}
     assert C.fold_modules(rec_src, ids.FOLD_TOGGLE, "ReluBackward0:0", key, {"mode": "auto"}, "") is no_update
 
@@ -282,7 +282,7 @@ def test_node_detail_shows_op_shapes_saved_and_the_rule(rec_src):
     text = str(panel)
     assert "AddmmBackward0" in text and "(8, 120) float32" in text and "(8, 256) float32" in text
     assert "saved for backward" in text and "y = x Wᵀ + b" in text
-    assert fold_label == "collapse fc1" and not disabled
+    assert fold_label == "fold fc1" and not disabled
     fig = D.node_figure(rec_src, {ids.SELECTED}, "fc1/AddmmBackward0:0", key, latest, {"step": 4})
     assert [t["name"] for t in fig["data"]][:2] == ["grad_norm", "grad_absmax"]
     assert fig["layout"]["shapes"][0]["x0"] == 4

@@ -24,7 +24,7 @@ WRITER = """
 import sys, torch, torch.nn.functional as F
 sys.path.insert(0, {repo!r})
 import graphviz_autograd as ga
-from examples.models import LeNet5
+from graphviz_autograd.examples.models import LeNet5
 torch.manual_seed(0)
 model = LeNet5(); opt = torch.optim.SGD(model.parameters(), lr=0.01)
 with ga.Recorder(model, sys.argv[1], optimizer=opt, every=1, flush_interval=0.2, meta={{"model": sys.argv[2]}}) as rec:

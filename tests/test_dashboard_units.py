@@ -10,14 +10,14 @@ import pytest
 pytest.importorskip("dash")
 pytest.importorskip("dash_cytoscape")
 
-from dashboard import app as APP  # noqa: E402
-from dashboard import figures as FIG  # noqa: E402
-from dashboard import fold as F  # noqa: E402
-from dashboard import graph_view as GV  # noqa: E402
-from dashboard import ids, layout, layout_engine as LE, ops, panels  # noqa: E402
-from dashboard.runs import is_safe_name, list_runs, newest_run, resolve_run  # noqa: E402
-from dashboard.synthetic import synthetic_graph, write_synthetic_run  # noqa: E402
-from graphviz_autograd.model import NodeKind  # noqa: E402
+from graphviz_autograd.dashboard import app as APP  # noqa: E402
+from graphviz_autograd.dashboard import figures as FIG  # noqa: E402
+from graphviz_autograd.dashboard import fold as F  # noqa: E402
+from graphviz_autograd.dashboard import graph_view as GV  # noqa: E402
+from graphviz_autograd.dashboard import ids, layout, layout_engine as LE, ops, panels  # noqa: E402
+from graphviz_autograd.dashboard.runs import is_safe_name, list_runs, newest_run, resolve_run  # noqa: E402
+from graphviz_autograd.dashboard.synthetic import synthetic_graph, write_synthetic_run  # noqa: E402
+from graphviz_autograd.graph.model import NodeKind  # noqa: E402
 
 
 # -- runs under the root ----------------------------------------------------------------------
@@ -83,9 +83,9 @@ def test_fold_merges_a_module_and_keeps_edges():
 
 def test_auto_fold_keeps_big_graphs_under_the_limit():
     small = synthetic_graph(200)
-    assert F.auto_collapsed(small) == frozenset()
+    assert F.auto_fold(small) == frozenset()
     big = synthetic_graph(2000)
-    folded = F.fold(big, F.auto_collapsed(big))
+    folded = F.fold(big, F.auto_fold(big))
     assert len(folded.graph) <= F.AUTO_MAX_NODES
     assert F.depth_counts(big)[0] < F.depth_counts(big)[-1]
 

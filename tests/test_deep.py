@@ -5,6 +5,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.slow     # real processes, kills or big graphs: `pytest -m 'not slow'` skips them
+
 LSTM = """
 import torch
 torch.manual_seed(0)
@@ -28,6 +30,7 @@ del seen, stack, fn, nxt
 
 OUR_TRACE = """
 import graphviz_autograd as ga
+
 graph = ga.trace(loss, model=cell)
 print("nodes", len(graph))
 """
@@ -82,7 +85,7 @@ def test_deep_trace_off_the_main_thread_warns():
     code = LSTM.format(steps=3500) + """
 import threading, warnings
 import graphviz_autograd as ga
-from graphviz_autograd._stack import DeepGraphWarning
+from graphviz_autograd.live.stack import DeepGraphWarning
 caught = []
 def work():
     with warnings.catch_warnings(record=True) as w:

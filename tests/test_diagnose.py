@@ -7,14 +7,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from graphviz_autograd.diagnose import Diagnosis, Severity, diagnose
-from graphviz_autograd.diagnose.live import IdMap, walk
+from graphviz_autograd.diagnosis import Diagnosis, Severity, diagnose
+from graphviz_autograd.live.walk import walk
+from graphviz_autograd.tracer import trace_nodes
 from graphviz_autograd.errors import DiagnoseInputError
-from graphviz_autograd.model import Graph
+from graphviz_autograd.graph.model import Graph
 from graphviz_autograd.tracer import trace
 
 try:
-    from . import zoo
+    from tests import zoo
 except ImportError:
     import zoo
 
@@ -288,11 +289,10 @@ def test_item_in_the_forward_cuts_the_path():
 def test_live_nodes_map_to_graph_ids_of_the_same_op():
     case = zoo.make_lenet()
     loss = F.cross_entropy(case.model(case.inputs), case.target)
-    graph = trace({"loss": loss}, model=case.model)
-    names = {id(p): n for n, p in case.model.named_parameters()}
-    idmap = IdMap(graph, [loss.grad_fn], names)
+    node_ids: dict = {}
+    graph = trace_nodes({"loss": loss}, model=case.model, visit=node_ids.__setitem__)
     live = walk([loss.grad_fn])
-    ids = [idmap.get(n) for n in live]
+    ids = [node_ids.get(n) for n in live]
     assert all(ids) and len(set(ids)) == len(live)
     for node, nid in zip(live, ids):
         expected = "AccumulateGrad" if hasattr(node, "variable") else node.name()

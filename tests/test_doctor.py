@@ -8,12 +8,12 @@ import pytest
 import torch
 from rich.console import Console
 
-from graphviz_autograd.doctor import (exit_code, load_model_spec, make_inputs, parse_shape,
-                                      run_doctor)
+from graphviz_autograd.cli.modelspec import load_model_spec, make_inputs, parse_shape
+from graphviz_autograd.cli.report import exit_code, run_doctor
 from graphviz_autograd.errors import FormatError, ModelSpecError
 
 try:
-    from . import zoo
+    from tests import zoo
 except ImportError:
     import zoo
 

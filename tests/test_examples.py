@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import graphviz_autograd as ga
-from graphviz_autograd import data as D
+from graphviz_autograd.examples import data as mnist_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST_DIR = os.environ.get("GVA_MNIST_DIR") or os.path.join(os.path.dirname(REPO), "shared", "data", "MNIST")
-HAVE_MNIST = bool(D.find_idx_files(MNIST_DIR))
+HAVE_MNIST = bool(mnist_data.find_idx_files(MNIST_DIR))
 LENET_PARAMS = {f"{m}.{k}" for m in ("conv1", "conv2", "fc1", "fc2", "fc3") for k in ("weight", "bias")}
 quiet = dict(echo=lambda *_a, **_k: None)
 
@@ -22,12 +22,12 @@ quiet = dict(echo=lambda *_a, **_k: None)
 @pytest.fixture(scope="module")
 def mnist():
     """The real split when the shared copy is there, else the synthetic set."""
-    return D.load_mnist(MNIST_DIR) if HAVE_MNIST else D.synthetic_mnist()
+    return mnist_data.load_mnist(MNIST_DIR) if HAVE_MNIST else mnist_data.synthetic_mnist()
 
 
 @pytest.fixture(scope="module")
 def small():
-    return D.synthetic_mnist(n_train=640, n_test=200)
+    return mnist_data.synthetic_mnist(n_train=640, n_test=200)
 
 
 def _is_svg(path) -> bool:
@@ -41,7 +41,7 @@ def _is_png(path) -> bool:
 
 
 def test_two_conv_renders_the_graph_with_its_parameters(tmp_path):
-    from examples import two_conv
+    from graphviz_autograd.examples import two_conv
 
     lines: list[str] = []
     result = two_conv.run(str(tmp_path), echo=lines.append)
@@ -56,14 +56,14 @@ def test_two_conv_renders_the_graph_with_its_parameters(tmp_path):
 
 
 def test_two_conv_main_parses_argv(tmp_path):
-    from examples import two_conv
+    from graphviz_autograd.examples import two_conv
 
     result = two_conv.main(["--run-dir", str(tmp_path / "x")])
     assert os.path.isfile(tmp_path / "x" / "graph.svg") and len(result["graph"]) == 9
 
 
 def test_optimizers_write_three_runs_with_different_update_ratios(tmp_path):
-    from examples import optimizers
+    from graphviz_autograd.examples import optimizers
 
     lines: list[str] = []
     result = optimizers.run(steps=4, run_dir=str(tmp_path), echo=lines.append)
@@ -84,7 +84,7 @@ def test_optimizers_write_three_runs_with_different_update_ratios(tmp_path):
 
 
 def test_lenet_loss_decreases_and_run_is_recorded(tmp_path, mnist):
-    from examples import lenet_mnist
+    from graphviz_autograd.examples import lenet_mnist
 
     lines: list[str] = []
     result = lenet_mnist.run(steps=50, run_dir=str(tmp_path), every=25, lr=0.05, data=mnist,
@@ -109,7 +109,7 @@ def test_lenet_loss_decreases_and_run_is_recorded(tmp_path, mnist):
 
 
 def test_seed_lenet_bug_is_explained_and_fixed(tmp_path):
-    from examples import seed_lenet_bug
+    from graphviz_autograd.examples import seed_lenet_bug
     from rich.console import Console
     import io
 
@@ -125,8 +125,8 @@ def test_seed_lenet_bug_is_explained_and_fixed(tmp_path):
 
 
 def test_seed_lenet_bug_without_doctor_shows_partial_graph(tmp_path):
-    from examples import seed_lenet_bug
-    from examples.models import SeedLeNet5
+    from graphviz_autograd.examples import seed_lenet_bug
+    from graphviz_autograd.examples.models import SeedLeNet5
 
     error, graph, name, shape = seed_lenet_bug.partial_graph(SeedLeNet5(), torch.randn(2, 1, 28, 28))
     assert isinstance(error, RuntimeError) and name == "fc1" and shape == (2, 256)
@@ -154,7 +154,7 @@ def _reaches(graph, src: str, dst: str, via: str) -> bool:
 
 
 def test_variants_penalty_branch_is_in_the_graph(tmp_path, small):
-    from examples import variants
+    from graphviz_autograd.examples import variants
 
     result = variants.run(steps=2, run_dir=str(tmp_path), every=1, only=["l1", "l2", "weight_decay"],
                           data=small, progress=False, **quiet)
@@ -177,7 +177,7 @@ def test_variants_penalty_branch_is_in_the_graph(tmp_path, small):
 
 
 def test_variants_docstring_corrects_the_seed():
-    from examples import variants
+    from graphviz_autograd.examples import variants
 
     doc = variants.__doc__
     assert "nn.L1Loss" in doc and "nn.MSELoss" in doc and "They do not" in doc
@@ -185,7 +185,7 @@ def test_variants_docstring_corrects_the_seed():
 
 
 def test_dynamic_records_several_graph_versions(tmp_path, small):
-    from examples import dynamic
+    from graphviz_autograd.examples import dynamic
 
     result = dynamic.run(steps=12, run_dir=str(tmp_path), data=small, **quiet)
     versions = result["versions"]
@@ -202,7 +202,7 @@ def test_dynamic_records_several_graph_versions(tmp_path, small):
 
 
 def test_large_models_trace_and_fold(tmp_path):
-    from examples import large_model
+    from graphviz_autograd.examples import large_model
 
     result = large_model.run(str(tmp_path), formats=("dot",), **quiet)
     resnet, tr = result["resnet18"], result["transformer"]
@@ -237,7 +237,7 @@ def test_distributed_two_ranks_record_into_one_run(tmp_path):
 def test_readme_lists_every_example_with_a_command():
     text = open(os.path.join(REPO, "examples", "README.md"), encoding="utf-8").read()
     scripts = sorted(f for f in os.listdir(os.path.join(REPO, "examples"))
-                     if f.endswith(".py") and not f.startswith("_") and f != "models.py")
+                     if f.endswith(".py") and not f.startswith("_") and f not in ("models.py", "data.py"))
     assert len(scripts) == 8
     for script in scripts:
         assert f"examples/{script}" in text, f"{script} is not in examples/README.md"

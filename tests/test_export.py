@@ -10,7 +10,7 @@ import torch.nn as nn
 import graphviz_autograd as ga
 from graphviz_autograd.errors import FormatError, RenderError
 from graphviz_autograd.export import dot as dotmod
-import graphviz_autograd.export.collapse
+import graphviz_autograd.graph.fold
 from nets import lenet_loss
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
@@ -143,14 +143,20 @@ def test_big_graph_folds_modules_or_says_what_to_do():
         ga.trace(y.sum()).to_dot(max_nodes=100)
 
 
-def test_depth_collapses_to_module_nodes():
+def test_depth_folds_modules_into_module_nodes():
     tv = pytest.importorskip("torchvision")
     net = tv.models.resnet18(num_classes=10)
     graph = ga.trace(net(torch.randn(2, 3, 32, 32)).sum(), model=net)
     folded = graph.to_dot(depth=0)
     assert '"module:layer1"' in folded and '"module:conv1"' in folded
     assert 'label="ConvolutionBackward0"' not in folded and 'label="ConvolutionBackward0"' in graph.to_dot()
-    assert len(ga.export.collapse.collapse(graph, 0)) < len(graph) / 3
+    from graphviz_autograd.graph.fold import fold_depth
+    top = fold_depth(graph, 0)
+    assert len(top) < len(graph) / 3
+    layer1 = top.node("module:layer1")
+    assert layer1.kind is ga.NodeKind.MODULE and layer1.module == "layer1"
+    assert int(dict(layer1.attrs)["nodes"]) == sum(1 for n in graph.nodes if n.module.startswith("layer1")
+                                                   or n.param.startswith("layer1."))
 
 
 def test_shared_parameter_is_drawn_beside_each_user():

@@ -32,6 +32,8 @@ import pytest
 import graphviz_autograd as ga
 from graphviz_autograd.errors import RunNotFoundError
 
+pytestmark = pytest.mark.slow     # real processes, kills or big graphs: `pytest -m 'not slow'` skips them
+
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 EVERY = 2
@@ -47,6 +49,7 @@ import os, sys, time
 import torch, torch.nn.functional as F
 import graphviz_autograd as ga
 from nets import LeNet5
+
 
 
 def say(text):

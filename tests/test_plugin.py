@@ -9,9 +9,9 @@ import graphviz_autograd.pytest_plugin as plugin
 # pytester's in-process runs drop modules first imported inside them from sys.modules,
 # and torch (with its lazily imported parts) does not survive being imported twice:
 # import what the inner runs use here, once.
-import graphviz_autograd.diagnose  # noqa: F401,E402
+import graphviz_autograd.diagnosis  # noqa: F401,E402
 import graphviz_autograd.export.dot  # noqa: F401,E402
-import graphviz_autograd.export.serialize  # noqa: F401,E402
+import graphviz_autograd.graph.serialize  # noqa: F401,E402
 import graphviz_autograd.testing  # noqa: F401,E402
 import graphviz_autograd.tracer  # noqa: F401,E402
 import torch.fx.experimental.symbolic_shapes  # noqa: F401,E402

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import graphviz_autograd as ga
 from graphviz_autograd.errors import ConfigError, HookError
-from examples.models import DynamicNet, LeNet5
+from graphviz_autograd.examples.models import DynamicNet, LeNet5
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -126,7 +126,7 @@ def test_hooks_are_on_only_around_recorded_steps(tmp_path):
     assert no_hooks_left(model) and opt_hooks() == 0
     run = ga.open_run(tmp_path / "run")
     assert run.param_series("fc1.weight", "update_ratio").steps == [0, 3, 6]
-    from graphviz_autograd import stats
+    from graphviz_autograd.record import stats
     assert run.meta["stats"] == ("native" if stats.NATIVE is not None else "numpy")
 
 
@@ -229,7 +229,7 @@ WRITER = """
 import sys, torch, torch.nn.functional as F
 sys.path.insert(0, {repo!r})
 import graphviz_autograd as ga
-from examples.models import LeNet5
+from graphviz_autograd.examples.models import LeNet5
 torch.manual_seed(0)
 model = LeNet5(); opt = torch.optim.SGD(model.parameters(), lr=0.01)
 rec = ga.Recorder(model, sys.argv[1], optimizer=opt, every=1, flush_interval={flush})

@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 
 import graphviz_autograd as ga
-from graphviz_autograd.run_findings import run_findings
+from graphviz_autograd.diagnosis.recorded import run_findings
 
 
 class Broken(nn.Module):

@@ -9,16 +9,16 @@ import shutil
 import pytest
 import torch
 
-from graphviz_autograd import stats as S
+from graphviz_autograd.record import stats
 
 
 @pytest.fixture(params=["native", "numpy"], autouse=True)
 def path(request, monkeypatch):
     """Every test runs through the C extension and through the NumPy/torch fallback."""
     if request.param == "numpy":
-        monkeypatch.setattr(S, "NATIVE", None)
-    elif S.NATIVE is None:
-        pytest.skip("graphviz_autograd._reduce was not built (no C compiler at install time)")
+        monkeypatch.setattr(stats, "NATIVE", None)
+    elif stats.NATIVE is None:
+        pytest.skip("graphviz_autograd.record._reduce was not built (no C compiler at install time)")
     return request.param
 
 
@@ -26,7 +26,7 @@ def path(request, monkeypatch):
 def test_the_extension_is_built_where_a_c_compiler_is(path):
     if not (shutil.which("cc") or shutil.which("gcc")):
         pytest.skip("no C compiler here: the NumPy fallback is in use")
-    assert S.NATIVE is not None and S.NATIVE.__name__ == "graphviz_autograd._reduce"
+    assert stats.NATIVE is not None and stats.NATIVE.__name__ == "graphviz_autograd.record._reduce"
 
 
 def expected(t: torch.Tensor) -> dict:
@@ -65,16 +65,16 @@ FORMS = {
 @pytest.mark.parametrize("form", list(FORMS))
 def test_gradient_statistics_match_torch(form):
     t = FORMS[form]()
-    [got] = S.batch_grad_stats([[t]])
+    [got] = stats.batch_grad_stats([[t]])
     want = expected(t)
     for k, v in want.items():
-        sampled = k == "grad_zero_frac" and t.numel() > S.EXACT_COUNT_MAX
+        sampled = k == "grad_zero_frac" and t.numel() > stats.EXACT_COUNT_MAX
         assert got[k] == pytest.approx(v, rel=1e-4, abs=0.005 if sampled else 1e-6), (form, k)
 
 
 def test_zero_fraction_of_a_large_tensor_is_sampled_within_half_a_percent(path):
     t = _with_zeros((300, 1000))           # 300,000 elements: above EXACT_COUNT_MAX
-    [got] = S.batch_grad_stats([[t]])
+    [got] = stats.batch_grad_stats([[t]])
     want = expected(t)
     exact = path == "native"               # the extension counts every element in its one pass
     assert got["grad_zero_frac"] == pytest.approx(want["grad_zero_frac"], abs=1e-12 if exact else 0.005)
@@ -84,7 +84,7 @@ def test_zero_fraction_of_a_large_tensor_is_sampled_within_half_a_percent(path):
 
 def test_a_group_combines_its_tensors_as_one_set_of_elements():
     a, b = _with_zeros((4, 5)), _with_zeros((3,))
-    [got] = S.batch_grad_stats([[a, None, b]])
+    [got] = stats.batch_grad_stats([[a, None, b]])
     want = expected(torch.cat([a.reshape(-1), b]))
     assert got == pytest.approx(want, rel=1e-5, abs=1e-9)
 
@@ -94,20 +94,20 @@ def test_a_group_combines_its_tensors_as_one_set_of_elements():
 def test_nan_and_inf_are_counted(dtype, size):
     t = torch.zeros(size, dtype=dtype)
     t[:5] = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 0.0])
-    [got] = S.batch_grad_stats([[t]])
+    [got] = stats.batch_grad_stats([[t]])
     assert (got["grad_nan"], got["grad_inf"]) == (1.0, 2.0)
     assert math.isnan(got["grad_norm"]) and math.isnan(got["grad_absmax"])
 
 
 def test_inf_without_nan_keeps_an_infinite_norm_and_max():
     t = torch.tensor([1.0, -float("inf"), 2.0, 0.0])
-    [got] = S.batch_grad_stats([[t]])
+    [got] = stats.batch_grad_stats([[t]])
     assert (got["grad_nan"], got["grad_inf"]) == (0.0, 1.0)
     assert got["grad_norm"] == math.inf and got["grad_absmax"] == math.inf
 
 
 def test_empty_and_missing_gradients_give_no_statistics():
-    assert S.batch_grad_stats([[], [None], [torch.empty(0, 3)]]) == [None, None, None]
+    assert stats.batch_grad_stats([[], [None], [torch.empty(0, 3)]]) == [None, None, None]
 
 
 @pytest.mark.parametrize("kind,fn,sat", [("tanh", torch.tanh, lambda y: y.abs() > 0.99),
@@ -119,9 +119,9 @@ def test_activation_statistics_match_torch(kind, fn, sat, shape, path):
     for form in (y, y.float().to(torch.float16)):          # the native or NumPy path, the torch path
         # estimated from an even sample above this many elements
         native = path == "native" and form.dtype == torch.float32
-        sampled = y.numel() > (S.ACT_EXACT_MAX if native else S.EXACT_COUNT_MAX)
+        sampled = y.numel() > (stats.ACT_EXACT_MAX if native else stats.EXACT_COUNT_MAX)
         frac_tol, rel = (0.01, 0.01) if sampled else (1e-9, 1e-5)
-        got = S.act_stats(S.read_rows([S.act_row(form, kind)]))
+        got = stats.act_stats(stats.read_rows([stats.act_row(form, kind)]))
         g = form.double().reshape(-1)
         assert got["act_mean"] == pytest.approx(g.mean().item(), rel=rel, abs=0.01 * g.std().item()
                                                 if sampled else 1e-9)
@@ -140,7 +140,7 @@ def test_update_norms_measure_what_the_optimizer_step_changed(path):
     net = torch.nn.Linear(6, 3)
     opt = torch.optim.SGD(net.parameters(), lr=0.5)
     params = list(net.parameters())
-    updates = S.UpdateNorms(params)
+    updates = stats.UpdateNorms(params)
     net(torch.randn(4, 6)).sum().backward()
     before = [p.detach().clone() for p in params]
     updates.before()
@@ -165,7 +165,7 @@ def test_update_norms_of_a_transposed_parameter_compare_elements_in_place(path):
     w = torch.nn.Parameter(torch.randn(5, 4).t())           # non-contiguous: one block, other order
     b = torch.nn.Parameter(torch.randn(4, 6)[:, ::2])        # not one block: the torch path
     opt = torch.optim.SGD([w, b], lr=0.3, momentum=0.9)
-    updates = S.UpdateNorms([w, b])
+    updates = stats.UpdateNorms([w, b])
     for _ in range(3):                                       # the first step allocates the buffers
         opt.zero_grad()
         (w.sum(dim=1) * torch.arange(4.0)).sum().backward()
@@ -199,11 +199,11 @@ class _Wrapped(torch.Tensor):
 def test_a_tensor_without_storage_of_its_own_takes_the_torch_path():
     inner = _with_zeros((5, 7))
     t = _Wrapped(inner)
-    assert t.data_ptr() == 0 and S._block(t) is None
-    [got] = S.batch_grad_stats([[t]])
+    assert t.data_ptr() == 0 and stats._block(t) is None
+    [got] = stats.batch_grad_stats([[t]])
     assert got == pytest.approx(expected(inner), rel=1e-5, abs=1e-9)
-    assert S.act_stats(S.read_rows([S.act_row(t, None)]))["act_mean"] == pytest.approx(
+    assert stats.act_stats(stats.read_rows([stats.act_row(t, None)]))["act_mean"] == pytest.approx(
         inner.double().mean().item())
-    updates = S.UpdateNorms([t])
+    updates = stats.UpdateNorms([t])
     updates.before(), updates.before()          # allocates, then copies: no native pair for it
     assert updates.after() == [0.0]

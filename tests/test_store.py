@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from graphviz_autograd._chunks import unpack_values
+from graphviz_autograd.store.chunks import unpack_values
 from graphviz_autograd.errors import RunNotFoundError, SchemaVersionError, StoreError
 from graphviz_autograd.store import (STATS, STORE_SCHEMA_VERSION, RankReader, RunWriter, Series,
                                      open_run, store_filename)
@@ -100,9 +100,8 @@ def test_graph_dedupe_version_at_and_lazy_graph(tmp_path, monkeypatch):
     with pytest.raises(StoreError, match=r"no graph version 9 .*available: \[1, 2\]"):
         run.graph_json(9)
     calls = []
-    fake = types.ModuleType("graphviz_autograd.export.serialize")
-    fake.from_json = lambda text: calls.append(text) or json.loads(text)
-    monkeypatch.setitem(sys.modules, "graphviz_autograd.export.serialize", fake)
+    from graphviz_autograd.store import reader as reader_module
+    monkeypatch.setattr(reader_module, "from_json", lambda text: calls.append(text) or json.loads(text))
     assert run.graph() == {"g": 2} and run.graph(1) == {"g": 1}
     assert run.graph_at(4) == {"g": 2} and run.graph_at(5) == {"g": 1} and run.graph_at(-5) is None
     assert run.graph(2) is run.graph()  # parsed once per version
@@ -110,8 +109,8 @@ def test_graph_dedupe_version_at_and_lazy_graph(tmp_path, monkeypatch):
 
 
 def test_real_graph_round_trip(tmp_path):
-    serialize = pytest.importorskip("graphviz_autograd.export.serialize")
-    from graphviz_autograd.model import Graph, Node, NodeKind
+    from graphviz_autograd.graph import serialize
+    from graphviz_autograd.graph.model import Graph, Node, NodeKind
 
     graph = Graph(nodes=(Node(id="param:w", kind=NodeKind.PARAM, op="AccumulateGrad"),),
                   edges=(), roots=())
@@ -487,8 +486,9 @@ def test_matrix_downsampling(tmp_path):
         run.matrix("param", "grad_norm", max_steps=0)
 
 
-def test_store_module_does_not_import_torch_or_pickle():
-    tree = ast.parse((REPO / "graphviz_autograd" / "store.py").read_text())
+@pytest.mark.parametrize("module", ["schema", "chunks", "writer", "reader", "run", "__init__"])
+def test_store_modules_do_not_import_torch_or_pickle(module):
+    tree = ast.parse((REPO / "graphviz_autograd" / "store" / f"{module}.py").read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree)
                 if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
@@ -512,7 +512,7 @@ def test_steps_must_increase_past_what_is_written_and_buffered_steps_can_be_repl
 
 
 def test_frequent_flushes_grow_chunks_instead_of_piling_up_tiny_ones(tmp_path):
-    from graphviz_autograd.store import CHUNK_MIN
+    from graphviz_autograd.store.schema import CHUNK_MIN
     steps = list(range(0, 3 * CHUNK_MIN + 7, 2))          # every other step, one flush per step
     with RunWriter(tmp_path, flush_interval=0) as writer:
         _write_steps(writer, steps, n_keys=2)
@@ -589,7 +589,7 @@ def test_scalar_at_one_step(tmp_path):
 
 
 def test_stats_given_as_tuples_in_stats_order(tmp_path):
-    from graphviz_autograd.recorder import ROW_STATS
+    from graphviz_autograd.record.recorder import ROW_STATS
     assert ROW_STATS == STATS                  # the recorder's rows are in the store's order
     row = tuple(float(i) if i % 3 else None for i in range(len(STATS)))
     with RunWriter(tmp_path) as writer:

@@ -16,7 +16,7 @@ from graphviz_autograd.testing import (GradientTracker, assert_finite_gradients,
                                        assert_no_vanishing_gradients, graph_diff)
 
 try:
-    from . import zoo
+    from tests import zoo
 except ImportError:
     import zoo
 

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 import graphviz_autograd as ga
 from graphviz_autograd.errors import NotDifferentiableError, TraceInputError
-from graphviz_autograd.model import NodeKind
+from graphviz_autograd.graph.model import NodeKind
 from nets import LeNet5, Square, lenet_loss, reference_walk
 
 
@@ -222,14 +222,15 @@ def test_non_tensor_input_is_a_type_error(bad):
 
 
 def test_tracing_pauses_the_garbage_collector_and_restores_its_state():
-    from graphviz_autograd import _gc
+    from graphviz_autograd.graph import _gc
+    from graphviz_autograd.tracer import trace_nodes
     x = torch.randn(3, requires_grad=True)
     seen = []
 
     def visit(_fn, _node_id):
         seen.append(gc.isenabled())
     gc.enable()
-    ga.trace((x * 2).sum(), _visit=visit)
+    trace_nodes((x * 2).sum(), visit=visit)
     assert seen and not any(seen) and gc.isenabled()
     gc.disable()
     try:

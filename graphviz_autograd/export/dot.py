@@ -5,7 +5,7 @@ place: every label is a double-quoted DOT string with ``\\`` and ``"`` escaped,
 never an HTML label, so a module named ``<img src=x>`` renders literally.
 
 Example:
-    >>> from graphviz_autograd.model import Graph
+    >>> from graphviz_autograd.graph.model import Graph
     >>> print(to_dot(Graph(nodes=(), edges=(), roots=()), legend=False).splitlines()[0])
     digraph autograd {
 """
@@ -17,15 +17,15 @@ import subprocess
 import sys
 from collections import Counter
 
-from ..errors import FormatError, RenderError
-from ..model import Graph, Node, NodeKind
-from .collapse import collapse, depth_to_fit, fold_repeats
-from .collapse import focus as focus_module
-from .style import CLUSTER_BORDER, FONT, KIND_STYLE, MODULE_BORDER, MODULE_FILL, human_bytes
+from graphviz_autograd.errors import FormatError, RenderError
+from graphviz_autograd.graph.model import Graph, Node, NodeKind
+from graphviz_autograd.graph.fold import depth_to_fit, fold_depth, fold_repeats, node_module
+from graphviz_autograd.graph.fold import focus as focus_module
+from graphviz_autograd.export.style import CLUSTER_BORDER, FONT, KIND_STYLE, human_bytes
 
 FORMATS = ("svg", "png", "pdf", "dot", "gv")
 DEFAULT_MAX_NODES = 2000
-# Layout options that keep dot near-linear on big graphs (see benchmarks/README.md).
+# Layout options that keep dot near-linear on big graphs (bench_render.py).
 FAST_LAYOUT = {"mclimit": "0.3", "nslimit": "3", "nslimit1": "3", "searchsize": "20",
                "remincross": "false"}
 
@@ -54,9 +54,10 @@ def node_label(n: Node, show_shapes: bool = True) -> tuple[str, ...]:
     if n.kind is NodeKind.SAVED:
         nbytes = human_bytes(n.saved[0].nbytes) if n.saved else ""
         return (f"saved {n.param}", shape, nbytes)
-    if n.op == "module":
+    if n.kind is NodeKind.MODULE:
         a = dict(n.attrs)
-        return (n.module, f"{a.get('nodes', '?')} nodes: {a.get('ops', '')}")
+        size = a.get("nodes", "?")
+        return (n.module, f"{size} node{'' if size == '1' else 's'}: {a.get('ops', '')}")
     return (n.op,)
 
 
@@ -105,7 +106,7 @@ def to_dot(graph: Graph, *, depth: int | None = None, show_shapes: bool = True,
     if focus is not None:
         graph = focus_module(graph, focus)
     if depth is not None:
-        graph = collapse(graph, depth)
+        graph = fold_depth(graph, depth)
     if max_nodes is not None and len(graph) > max_nodes:
         graph = fold_repeats(graph)
     if max_nodes is not None and len(graph) > max_nodes:
@@ -116,7 +117,7 @@ def to_dot(graph: Graph, *, depth: int | None = None, show_shapes: bool = True,
                 f"max_nodes={max_nodes:,}; dot takes minutes at this size. Render a part "
                 "(focus='<module>' or graph.subgraph(ids)), trace with model= so modules can fold, or pass "
                 "max_nodes=None to wait for it anyway.")
-        graph = collapse(graph, fit)
+        graph = fold_depth(graph, fit)
     return _DotWriter(graph, show_shapes, clusters, split_params, split_fanout, set(highlight),
                       colors or {}, title).write(legend)
 
@@ -181,8 +182,6 @@ class _DotWriter:
 
     def _node_line(self, n: Node, node_id: str, indent: str) -> str:
         fill, border, shape, style, _ = KIND_STYLE[n.kind]
-        if n.op == "module":
-            fill, border = MODULE_FILL, MODULE_BORDER
         fill = self.colors.get(n.id, fill)
         extra = ""
         if n.id in self.highlight:
@@ -197,10 +196,7 @@ class _DotWriter:
         for n in self.g.nodes:
             if n.id in self.split:
                 continue
-            mod = n.module if (self.clusters and n.kind in (NodeKind.OP, NodeKind.SAVED)
-                               and n.op != "module") else ""
-            if self.clusters and n.kind is NodeKind.PARAM:
-                mod = n.param.rpartition(".")[0]
+            mod = node_module(n) if self.clusters else ""
             tree.setdefault(mod, []).append(self._node_line(n, n.id, ""))
         for e in self.g.edges:          # one copy of a split parameter beside each user
             if e.src in self.split:
@@ -255,11 +251,6 @@ class _DotWriter:
             if prev:
                 o.append(f'    {q(prev)} -> {q(lid)} [style="invis"]')
             prev = lid
-        if any(n.op == "module" for n in self.g.nodes):
-            o.append(f'    "legend:module" [label="module or repeated calls, folded", shape=box, style="rounded,filled", '
-                     f'fillcolor={q(MODULE_FILL)}, color={q(MODULE_BORDER)}, fontsize="8"]')
-            if prev:
-                o.append(f'    {q(prev)} -> "legend:module" [style="invis"]')
         o.append("  }")
 
 
@@ -315,14 +306,21 @@ def _png_to_pdf(png: bytes) -> bytes:
     return buf.getvalue()
 
 
-def render(graph: Graph, path, *, timeout: float | None = 300, **options) -> str:
-    """Write ``graph`` to ``path``; the suffix picks the format. Returns the path."""
+def render(graph: Graph, path, *, timeout: float | None = 300, depth: int | None = None,
+           show_shapes: bool = True, legend: bool = True, clusters: bool = True,
+           split_params: int | None = 3, split_fanout: int | None = 4,
+           max_nodes: int | None = DEFAULT_MAX_NODES, highlight=(), colors=None, title: str = "",
+           focus: str | None = None) -> str:
+    """Write ``graph`` to ``path``; the suffix picks the format (the other arguments are
+    :func:`to_dot`'s). Returns the path."""
     path = os.fspath(path)
     fmt = os.path.splitext(path)[1].lstrip(".").lower()
     if fmt not in FORMATS:
         raise FormatError(f"cannot render to {path!r}: unknown suffix {('.' + fmt) if fmt else '(none)'}; "
                           f"use one of {', '.join('.' + f for f in FORMATS)}")
-    source = to_dot(graph, **options)
+    source = to_dot(graph, depth=depth, show_shapes=show_shapes, legend=legend, clusters=clusters,
+                    split_params=split_params, split_fanout=split_fanout, max_nodes=max_nodes,
+                    highlight=highlight, colors=colors, title=title, focus=focus)
     data = source.encode() if fmt in ("dot", "gv") else run_dot(source, fmt, timeout)
     parent = os.path.dirname(os.path.abspath(path))
     try:

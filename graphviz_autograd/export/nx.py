@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from ..model import Graph, TensorMeta
+from graphviz_autograd.graph.model import Graph, TensorMeta
 
 
 def _shape(m: TensorMeta | None):

@@ -1,7 +1,7 @@
 """The visual language shared by the DOT render and the dashboard."""
 from __future__ import annotations
 
-from ..model import NodeKind
+from graphviz_autograd.graph.model import NodeKind
 
 # kind -> (fill colour, border colour, DOT shape/style, legend text)
 KIND_STYLE = {
@@ -10,9 +10,9 @@ KIND_STYLE = {
     NodeKind.OUTPUT: ("#fdd0a2", "#e6550d", "box", "filled,bold", "output / loss"),
     NodeKind.OP: ("#f0f0f0", "#636363", "box", "rounded,filled", "autograd op (grad_fn)"),
     NodeKind.SAVED: ("#ffffb3", "#b8a500", "box", "filled,dashed", "tensor saved for backward"),
+    NodeKind.MODULE: ("#e5e5f5", "#6a51a3", "box", "rounded,filled", "module or repeated calls, folded"),
 }
-MODULE_FILL = "#e5e5f5"
-MODULE_BORDER = "#6a51a3"
+MODULE_FILL, MODULE_BORDER = KIND_STYLE[NodeKind.MODULE][:2]
 CLUSTER_BORDER = "#9e9ac8"
 FONT = "Helvetica"
 

@@ -1,0 +1,14 @@
+"""The run store: per-step training records in SQLite, written and read live (no torch).
+
+``schema`` (files, tables, checks), ``chunks`` (packed statistics), ``writer``
+(:class:`RunWriter`, one per rank), ``reader`` (:class:`RankReader`) and ``run``
+(:class:`Run`, :func:`open_run`).
+"""
+from graphviz_autograd.store.reader import RankReader
+from graphviz_autograd.store.run import Run, open_run
+from graphviz_autograd.store.schema import (KINDS, STATS, STORE_GLOB, STORE_SCHEMA_VERSION,
+                                            GraphVersion, Series, store_filename)
+from graphviz_autograd.store.writer import RunWriter
+
+__all__ = ["KINDS", "STATS", "STORE_GLOB", "STORE_SCHEMA_VERSION", "GraphVersion", "RankReader",
+           "Run", "RunWriter", "Series", "open_run", "store_filename"]
