@@ -34,10 +34,43 @@ def _is_compiled(model) -> bool:
 
 
 def parameter_names(model: torch.nn.Module | None) -> dict[int, str]:
-    """``{id(parameter): qualified name}`` of the unwrapped model ({} for None)."""
+    """``{id(parameter): qualified name}`` of the unwrapped model ({} for None), including the
+    unsharded parameters FSDP2 puts in the autograd graph in place of its sharded ones."""
     if model is None:
         return {}
-    return {id(p): name for name, p in unwrap(model).named_parameters()}
+    model = unwrap(model)
+    names = {id(p): name for name, p in model.named_parameters()}
+    names.update(_fsdp_names(model))
+    return names
+
+
+def _fsdp_names(model: torch.nn.Module) -> dict[int, str]:
+    """FSDP2 gathers each sharded parameter into an unsharded one for forward and backward;
+    those are the ``AccumulateGrad`` leaves of the graph, absent from ``named_parameters()``.
+    Their owners are read from FSDP's state (private: on a torch change this returns {} and
+    the leaves stay unnamed, never an error)."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    cls = getattr(fsdp, "FSDPModule", None)
+    if cls is None:
+        return {}
+    paths = {id(m): q for q, m in model.named_modules()}
+    out: dict[int, str] = {}
+    try:
+        for module in model.modules():
+            if not isinstance(module, cls):
+                continue
+            for group in module._get_fsdp_state()._fsdp_param_groups:
+                for fp in group.fsdp_params:
+                    owner = paths.get(id(fp._module_info.module))
+                    if owner is None:
+                        continue
+                    name = f"{owner}.{fp._module_info.param_name}" if owner else fp._module_info.param_name
+                    for tensor in (getattr(fp, "_unsharded_param", None), fp.sharded_param):
+                        if tensor is not None:
+                            out[id(tensor)] = name
+    except (AttributeError, TypeError, RuntimeError):
+        return out
+    return out
 
 
 def rank_and_world() -> tuple[int, int]:

@@ -32,7 +32,8 @@ from graphviz_autograd.live.instrument import pop_node_hook, push_node_hook
 from graphviz_autograd.live.models import rank_and_world, unwrap
 from graphviz_autograd.live.modules import ModuleTracker
 from graphviz_autograd.live.nodes import op_name, raw_saved
-from graphviz_autograd.record import stats
+from graphviz_autograd.live.tensors import is_sharded, plain, shard_groups
+from graphviz_autograd.record import shards, stats
 from graphviz_autograd.record.scalars import scalar_value
 from graphviz_autograd.store import RunWriter
 from graphviz_autograd.tracer import trace_nodes
@@ -103,7 +104,7 @@ class Recorder:
         # Under DistributedDataParallel name things after the wrapped model, so a
         # 2-rank run and a single-process run share ids (conv1.weight, not module.conv1.weight).
         self._named = unwrap(model)
-        self._params = [(n, p) for n, p in self._named.named_parameters() if p.requires_grad]
+        self._params, self._locals, self._sharded = _parameters(self._named)
         self._writer = RunWriter(run_dir, rank=rank, world_size=world, overwrite=overwrite,
                                  flush_interval=flush_interval, meta=_run_meta(self, meta))
         self.run_dir = str(self._writer.run_dir)
@@ -114,7 +115,7 @@ class Recorder:
         self._last_step: int | None = None
         self.graph = None
         self._details: list = []        # per creation index: (op, module, source, saved, tag) last seen
-        self._updates = stats.UpdateNorms([p for _, p in self._params])   # ||w_after - w_before||
+        self._updates = stats.UpdateNorms(self._locals)   # ||w_after - w_before|| of local data
         self._last_len, self._last_version, self._last_slot_ids, self._unverified = -1, None, {}, 0
         self._reset_step()
         self._handles: list = []        # optimizer hooks; with the tracker's, on around recorded steps
@@ -392,7 +393,7 @@ class Recorder:
                     rows.append(act)
         first_param = len(rows)
         params = [p for _, p in self._params] if "params" in self.record else []
-        rows.extend(stats.grad_row(p.grad) for p in params)
+        rows.extend(stats.grad_row(p.grad) for p in params)     # a DTensor's: its local shard
         for name, group in self._acts.items():
             spans.append(("module", name, len(rows), 0, len(group)))
             rows.extend(group)
@@ -406,9 +407,13 @@ class Recorder:
             updates = self._update_norms
             # measured right after optimizer.step() when the update was (one pass for both)
             sq = self._updates.after_sq if updates is not None else None
-            sq = sq or stats.sq_norms(params, self._updates.params)
+            sq = sq or stats.sq_norms(self._locals, self._updates.params)
+            param_rows = rows[first_param:first_param + len(params)]
+            if self._sharded:       # FSDP: full-parameter statistics from the shards'
+                sq, updates = list(sq), list(updates) if updates is not None else None
+                shards.combine(param_rows, sq, updates, self._sharded)
             sqrt, grad_values, entries = math.sqrt, stats.grad_values, out["param"]
-            for (name, _), row, norm_sq, update_sq in zip(self._params, rows[first_param:], sq,
+            for (name, _), row, norm_sq, update_sq in zip(self._params, param_rows, sq,
                                                           updates or itertools.repeat(None)):
                 norm = sqrt(norm_sq)
                 ratio = None if update_sq is None else (sqrt(update_sq) / norm if norm > 0 else math.nan)
@@ -466,6 +471,28 @@ def _step_saved(node, step_token: int):
     """Saved-tensor metadata of ``node``; storage keys tagged with the step that read them."""
     tensors, attrs = raw_saved(node)
     return tuple((n, m, b, (step_token, ptr), f) for n, m, b, ptr, f in tensors), attrs
+
+
+def _parameters(model: torch.nn.Module):
+    """``([(name, parameter)], [local plain tensor], [(index, shard groups)])`` of the trainable
+    parameters whose data can be read (a DTensor's local shard; other subclasses are left out,
+    with one warning)."""
+    named, local, sharded, skipped = [], [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        data = plain(p)
+        if data is None:
+            skipped.append(f"{name} ({type(p).__name__})")
+            continue
+        if is_sharded(p):
+            sharded.append((len(named), shard_groups(p)))
+        named.append((name, p))
+        local.append(data)
+    if skipped:
+        warnings.warn(f"Recorder: no statistics for {len(skipped)} parameter(s) of a tensor subclass "
+                      f"whose data cannot be read: {', '.join(skipped[:5])}", RuntimeWarning, stacklevel=3)
+    return named, local, sharded
 
 
 def _finalize(writer: RunWriter) -> None:

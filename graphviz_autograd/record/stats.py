@@ -40,6 +40,8 @@ import math
 import numpy as np
 import torch
 
+from graphviz_autograd.live.tensors import PLAIN_TYPES, plain
+
 try:
     from . import _reduce as NATIVE
 except ImportError:        # built without a C compiler: NumPy and torch do it
@@ -122,10 +124,20 @@ def _block(t: torch.Tensor):
     """
     dtype = t.dtype
     if ((dtype is not _F32 and dtype is not _F64) or not t.is_cpu or t.layout is not _STRIDED
-            or t.is_neg() or not (t.is_contiguous() or _one_block(t))):
+            or type(t) not in PLAIN_TYPES or t.is_neg() or not (t.is_contiguous() or _one_block(t))):
         return None
-    address = t.data_ptr()      # 0 for tensors without storage of their own (wrapper subclasses)
+    address = t.data_ptr()      # 0 for tensors whose storage was freed
     return (address, t.numel(), dtype is _F64) if address else None
+
+
+def _fits_storage(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements lie inside its storage (a parameter whose storage was freed or
+    shrunk, as FSDP does to unsharded parameters, must never be read)."""
+    try:
+        end = (t.storage_offset() + t.numel()) * t.element_size()
+        return t.untyped_storage().nbytes() >= end
+    except (RuntimeError, NotImplementedError):
+        return False
 
 
 def _native_act_row(block, saturation: str | None) -> tuple:
@@ -141,7 +153,7 @@ def _as_numpy(t: torch.Tensor) -> np.ndarray | None:
     """A flat zero-copy NumPy view of a dense CPU float tensor; None when there is none
     (or when it is big enough for torch's thread pool to beat a NumPy pass)."""
     if (t.device.type != "cpu" or t.dtype not in _NUMPY_DTYPES or t.layout is not torch.strided
-            or t.numel() > NUMPY_MAX):
+            or t.numel() > NUMPY_MAX or type(t) not in PLAIN_TYPES):
         return None
     t = t.detach()
     if not t.is_contiguous() and _one_block(t):
@@ -173,9 +185,14 @@ def _np_sums(a: np.ndarray) -> tuple[float, float]:
 
 
 def grad_row(t: torch.Tensor | None):
-    """The reductions of one gradient: a list of floats, a pending float64 tensor, or None if empty."""
+    """The reductions of one gradient: a list of floats, a pending float64 tensor, or None if
+    empty or unreadable. A DTensor gives its local shard's row (the caller combines shards)."""
     if t is None:
         return None
+    if type(t) not in PLAIN_TYPES:      # never hand a wrapper subclass's "address" to C
+        t = plain(t)
+        if t is None:
+            return None
     if NATIVE is not None:
         block = _block(t)
         if block is not None:
@@ -209,6 +226,10 @@ def act_row(t: torch.Tensor, saturation: str | None):
 
     ``saturation`` is ``"tanh"`` (|y| > 0.99), ``"sigmoid"`` (y < 0.01 or y > 0.99) or None.
     """
+    if type(t) not in PLAIN_TYPES:
+        t = plain(t)
+        if t is None:
+            return None
     if not t.numel():
         return None
     if NATIVE is not None:
@@ -385,8 +406,10 @@ class TensorViews:      # views built once, not per step (bench_recorder.py lene
         # address, size, dtype and device: a native block must never outgrow its memory
         ptrs = [(t.data_ptr(), t.numel(), t.dtype, t.is_cpu) for t in self.tensors]
         if ptrs != self._ptrs:
-            self._views = [_as_numpy(t) for t in self.tensors]
-            self.blocks = [_block(t) if NATIVE is not None else None for t in self.tensors]
+            fits = [_fits_storage(t) for t in self.tensors]
+            self._views = [_as_numpy(t) if ok else None for t, ok in zip(self.tensors, fits)]
+            self.blocks = [_block(t) if NATIVE is not None and ok else None
+                           for t, ok in zip(self.tensors, fits)]
             self._ptrs = ptrs
             self.generation += 1
         return self._views
