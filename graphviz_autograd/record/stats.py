@@ -190,9 +190,10 @@ def grad_row(t: torch.Tensor | None):
     if t is None:
         return None
     if type(t) not in PLAIN_TYPES:      # never hand a wrapper subclass's "address" to C
-        t = plain(t)
-        if t is None:
-            return None
+        local = plain(t)
+        if local is None:
+            return _subclass_row(_torch_grad_row, t)
+        t = local
     if NATIVE is not None:
         block = _block(t)
         if block is not None:
@@ -208,6 +209,21 @@ def grad_row(t: torch.Tensor | None):
             nan, inf = float(np.isnan(a).sum()), float(np.isinf(a).sum())
         return [ss, total, math.nan if lo != lo or hi != hi else max(-lo, hi),
                 _np_nonzero(a), nan, inf, float(a.size)]
+    return _torch_grad_row(t)
+
+
+def _subclass_row(row_of, t, *args):
+    """The row of a tensor subclass we cannot read directly, from torch ops, when they give a
+    plain tensor; None when they fail or give a subclass (its ``tolist()`` would fail the whole
+    step's read-back)."""
+    try:
+        row = row_of(t, *args) if t.numel() else None
+    except Exception:  # noqa: BLE001 - a subclass may refuse any op: no statistic, no error
+        return None
+    return row if row is None or type(row) in PLAIN_TYPES else None
+
+
+def _torch_grad_row(t: torch.Tensor):
     f = _flat(t)
     with torch.no_grad():
         d = f if f.dtype in _NUMPY_DTYPES else f.double()
@@ -227,9 +243,10 @@ def act_row(t: torch.Tensor, saturation: str | None):
     ``saturation`` is ``"tanh"`` (|y| > 0.99), ``"sigmoid"`` (y < 0.01 or y > 0.99) or None.
     """
     if type(t) not in PLAIN_TYPES:
-        t = plain(t)
-        if t is None:
-            return None
+        local = plain(t)
+        if local is None:
+            return _subclass_row(_torch_act_row, t, saturation)
+        t = local
     if not t.numel():
         return None
     if NATIVE is not None:
@@ -251,6 +268,11 @@ def act_row(t: torch.Tensor, saturation: str | None):
         ss, total = _np_sums(a)
         return [total * scale, ss * scale, float(np.count_nonzero(a)) * scale,
                 sat * scale if sat >= 0 else -1.0, float(n)]
+    return _torch_act_row(t, saturation)
+
+
+def _torch_act_row(t: torch.Tensor, saturation: str | None):
+    n = t.numel()
     f = _flat(t)
     if n > EXACT_COUNT_MAX:
         f = f[::_sample_stride(n)]
