@@ -21,7 +21,7 @@ from graphviz_autograd.errors import TraceInputError, describe
 from graphviz_autograd.graph import _gc, ids
 from graphviz_autograd.graph.model import Edge, Graph, Node, NodeKind, SavedTensor
 from graphviz_autograd.live.models import parameter_names
-from graphviz_autograd.live.nodes import read_nodes
+from graphviz_autograd.live.nodes import OPAQUE_OPS, read_nodes
 from graphviz_autograd.live.walk import flatten_roots, guard_release, walk_graph
 
 
@@ -65,6 +65,8 @@ def trace_nodes(outputs, *, model: torch.nn.Module | None = None, saved: bool = 
         walked = walk_graph(roots)
         cols = read_nodes(walked.fns, names, saved or show_saved)
         graph = _build(cols, walked.edges, walked.roots, show_saved)
+        if any(op in OPAQUE_OPS for op in cols.ops):
+            graph = _annotate_opaque(graph, set(names.values()))
         if visit is not None:
             for fn, node in zip(walked.fns, graph.nodes):
                 visit(fn, node.id)
@@ -95,6 +97,24 @@ def _build(cols, raw_edges, root_refs, show_saved: bool) -> Graph:
     if show_saved:
         _add_saved_nodes(nodes, edges)
     return Graph(nodes=tuple(nodes), edges=tuple(edges), roots=tuple(roots))
+
+
+def _annotate_opaque(graph: Graph, model_params: set[str]) -> Graph:
+    """Name, on each compiled-region or checkpoint node whose function was not a module, the
+    model's parameters under its module that the graph does not reach (attr ``hidden_params``:
+    their gradients flow through this node)."""
+    missing = sorted(model_params - set(graph.params))
+    if not missing:
+        return graph
+    nodes = []
+    for n in graph.nodes:
+        attrs = dict(n.attrs)
+        if "hides" in attrs and "hidden_params" not in attrs:   # its function was not a module
+            own = [p for p in missing if not n.module or p.startswith(n.module + ".")]
+            if own:
+                n = n._replace(attrs=n.attrs + (("hidden_params", ", ".join(own)),))
+        nodes.append(n)
+    return Graph(nodes=tuple(nodes), edges=graph.edges, roots=graph.roots)
 
 
 def _ids(kinds, ops, params, modules, seqs) -> list[str]:

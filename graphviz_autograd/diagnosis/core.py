@@ -23,8 +23,9 @@ from graphviz_autograd.diagnosis.watch import ForwardWatch, ModuleOutputs
 from graphviz_autograd.errors import DiagnoseInputError, describe
 from graphviz_autograd.graph.model import Graph
 from graphviz_autograd.live.frames import IGNORED_SOURCE, user_frame
+from graphviz_autograd.live.grads import backward_grads
 from graphviz_autograd.live.instrument import instrument
-from graphviz_autograd.live.models import parameter_names
+from graphviz_autograd.live.models import eager, parameter_names, unwrap
 from graphviz_autograd.live.modules import ModuleTracker
 from graphviz_autograd.live.walk import walk
 from graphviz_autograd.tracer import trace_nodes
@@ -142,7 +143,7 @@ class _Run:
     """State of one diagnosis; every hook it installs is removed by :meth:`release`."""
 
     def __init__(self, model, opts):
-        self.model = model
+        self.model = model = unwrap(model)      # DDP, torch.compile: names of the plain model
         self.opts = opts
         self.names = parameter_names(model)
         self.trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -173,7 +174,7 @@ class _Run:
                     self.calls = calls = state.tracker
                     self.watch = ForwardWatch(labels, lambda: calls.current,
                                               check_values=self.opts["check_values"])
-                    with self.watch:
+                    with self.watch, eager():    # a compiled model runs its Python: watched, not traced
                         loss = compute()
             except (RuntimeError, ValueError) as exc:
                 pending = failures.forward_failure(exc, self.watch, self.calls, self.model)
@@ -207,7 +208,8 @@ class _Run:
             graph, node_ids = _EMPTY, {}
             self.notes.append(f"the loss {describe(loss)} does not require grad: no parameter "
                               "can get a gradient from it")
-        used = set(graph.params)
+        hidden = _hidden_params(graph)      # reached through reentrant checkpoints
+        used = set(graph.params) | hidden
         op_names = self.watch.op_names if self.watch is not None else {}
         pendings = flow.analyse_unused(self.model, self.trainable, used, self.watch, self.calls,
                                        self.outputs.outputs, op_names)
@@ -219,7 +221,7 @@ class _Run:
         for p in pendings:
             nodes = tuple(i for i in (idmap.get(n) for n in p.live_nodes) if i)
             findings.append(dataclasses.replace(p.finding, nodes=nodes))
-        grads, failed = self._gradients(loss, used)
+        grads, failed = self._gradients(loss, used, by_backward=bool(hidden))
         if failed is not None:
             findings.append(failures.inplace_backward(failed, loss, self.watch, idmap, op_names))
         fwd = numeric.nonfinite_forward(loss_value, self.watch, idmap, op_names)
@@ -249,11 +251,18 @@ class _Run:
         return Diagnosis(findings=tuple(findings), graph=graph, loss=loss_value,
                          layers=tuple(layers), notes=tuple(self.notes))
 
-    def _gradients(self, loss, used: set[str]):
+    def _gradients(self, loss, used: set[str], by_backward: bool = False):
         """``({name: grad or None}, in-place error message or None)``; ``.grad`` is not touched."""
         grads = {n: None for n, _ in self.trainable}
         targets = [(n, p) for n, p in self.trainable if n in used]
         if not targets or not loss.requires_grad:
+            return grads, None
+        if by_backward:     # reentrant checkpoints refuse autograd.grad
+            self.notes.append("the graph holds reentrant checkpoints (use_reentrant=True), which "
+                              "hide their ops and parameters; gradients were computed with a "
+                              "backward pass whose writes to .grad were undone")
+            got = backward_grads(loss, [p for _, p in targets])
+            grads.update({n: g for (n, _), g in zip(targets, got)})
             return grads, None
         try:
             seed = None if loss.numel() == 1 else torch.ones_like(loss)
@@ -272,6 +281,16 @@ class _Run:
             raise
         grads.update({n: g for (n, _), g in zip(targets, got)})
         return grads, None
+
+
+def _hidden_params(graph: Graph) -> set[str]:
+    """Parameters the graph does not reach but whose gradients flow through a reentrant
+    checkpoint node (its ``hidden_params`` attr)."""
+    out: set[str] = set()
+    for n in graph.nodes:
+        names = dict(n.attrs).get("hidden_params", "")
+        out.update(p.strip() for p in names.split(",") if p.strip())
+    return out
 
 
 def _with_param_nodes(f: Finding, graph: Graph) -> Finding:

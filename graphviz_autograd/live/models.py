@@ -8,6 +8,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import torch
@@ -25,6 +26,43 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+def is_compiled(model) -> bool:
+    """Whether ``model`` is, or wraps, a ``torch.compile``-d module."""
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    while isinstance(model, wrappers):
+        model = model.module
+    return _is_compiled(model)
+
+
+def eager():
+    """A context in which ``torch.compile``-d code runs its original Python (no tracing, no
+    recompiling): what ``diagnose`` needs to watch a compiled model's forward op by op."""
+    compiler = getattr(torch, "compiler", None)
+    set_stance = getattr(compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+
+
+def unwrap_optimizer(optimizer):
+    """The torch optimizer inside a framework's wrapper (Hugging Face accelerate's
+    ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``), whose step hooks fire."""
+    for attr in ("optimizer", "_optimizer"):
+        inner = getattr(optimizer, attr, None)
+        if isinstance(inner, torch.optim.Optimizer) and inner is not optimizer:
+            return unwrap_optimizer(inner)
+    return optimizer
+
+
+def grad_scale(scaler, optimizer) -> tuple[float, bool]:
+    """``(scale, unscaled)`` of a ``torch.amp.GradScaler`` now: the scale of this step's
+    backward until ``scaler.update()``, and whether ``unscale_`` (which ``scaler.step``
+    calls) already ran for ``optimizer`` since the last ``update()``."""
+    scale = float(scaler.get_scale())
+    states = getattr(scaler, "_per_optimizer_states", None)
+    state = states.get(id(optimizer)) if states is not None and optimizer is not None else None
+    stage = getattr(state.get("stage"), "name", "") if isinstance(state, dict) else ""
+    return scale, stage in ("UNSCALED", "STEPPED")
 
 
 def _is_compiled(model) -> bool:

@@ -24,6 +24,14 @@ _SAVED_ATTRS: dict[type, tuple[str, ...]] = {}     # dir() of a class once (benc
 _META: dict[tuple, TensorMeta] = {}
 
 
+# Nodes whose backward runs ops (and may use parameters) the graph cannot show.
+OPAQUE_OPS = {
+    "CompiledFunctionBackward": "a torch.compile region: its ops run fused in this one node",
+    "CheckpointFunctionBackward": "a reentrant checkpoint (use_reentrant=True): its ops and "
+                                  "parameters are recomputed in backward and not in this graph",
+}
+
+
 def op_name(node) -> str:
     """``"AddmmBackward0"``: the node's name without namespace (cached per node class)."""
     cls = type(node)
@@ -135,7 +143,21 @@ def read_nodes(fns: list, param_names: dict[int, str], saved: bool) -> NodeColum
             saved_out[i], attrs[i] = _saved_of(fn, raw, storages, sizes)
         if call:
             attrs[i] += (("call", str(call)),)
+        if op in OPAQUE_OPS:
+            attrs[i] += _opaque_attrs(fn, op, param_names)
     return NodeColumns(kinds, ops, outputs, seqs, params, modules, sources, saved_out, attrs, tagged)
+
+
+def _opaque_attrs(fn, op: str, param_names: dict[int, str]) -> tuple:
+    """``hides`` (why) and, for a checkpoint of a module, ``hidden_params`` (its parameters)."""
+    out: tuple = (("hides", OPAQUE_OPS[op]),)
+    run = getattr(fn, "run_function", None)         # torch.utils.checkpoint keeps the function
+    module = run if isinstance(run, torch.nn.Module) else getattr(run, "__self__", None)
+    if isinstance(module, torch.nn.Module):
+        names = [param_names[id(p)] for p in module.parameters() if id(p) in param_names]
+        if names:
+            out += (("hidden_params", ", ".join(names)),)
+    return out
 
 
 def _saved_of(fn, raw, storages: dict[int, int], sizes: dict[int, int]):
