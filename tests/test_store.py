@@ -589,7 +589,7 @@ def test_scalar_at_one_step(tmp_path):
 
 
 def test_stats_given_as_tuples_in_stats_order(tmp_path):
-    from graphviz_autograd.record.recorder import ROW_STATS
+    from graphviz_autograd.record.rows import ROW_STATS
     assert ROW_STATS == STATS                  # the recorder's rows are in the store's order
     row = tuple(float(i) if i % 3 else None for i in range(len(STATS)))
     with RunWriter(tmp_path) as writer:
