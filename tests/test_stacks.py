@@ -281,3 +281,25 @@ def test_trace_names_the_parameters_of_a_ddp_wrapped_model_like_the_recorder(tmp
         assert ga.open_run(tmp_path / "run").keys("param") == [n for n, _ in model.named_parameters()]
     finally:
         dist.destroy_process_group()
+
+
+def test_autocast_bf16_gradients_are_recorded(tmp_path):
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with ga.Recorder(model, tmp_path, optimizer=opt, every=1) as rec:
+        for step in range(2):
+            x, y = _batch(step)
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            expected = _grad_norms(model)
+            opt.step()
+            rec.log(step, loss=loss)
+    run = ga.open_run(tmp_path)
+    assert run.param_series("body.0.weight").values[-1] == pytest.approx(expected["body.0.weight"], rel=1e-6)
+    bf16_nodes = [n for n in run.graph().nodes if n.outputs and n.outputs[0] and n.outputs[0].dtype == "bfloat16"]
+    assert bf16_nodes
+    values = [run.node_series(n.id).values for n in bf16_nodes if n.kind is ga.NodeKind.OP]
+    assert values and all(v and all(math.isfinite(x) and x > 0 for x in v) for v in values if v)
