@@ -85,3 +85,8 @@ class GradientFlowError(GraphvizAutogradError, AssertionError):
 
 class GoldenGraphError(GraphvizAutogradError, AssertionError):
     """A traced graph differs from its golden file (or the golden file is missing)."""
+
+
+class IncidentError(GraphvizAutogradError, RuntimeError):
+    """Training broke (``Recorder(..., on_incident="raise")``); the message is the incident's
+    summary and the run store holds it (``run.incidents()``)."""

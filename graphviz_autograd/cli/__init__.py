@@ -1,4 +1,4 @@
-"""Command line: ``graphviz-autograd render|train|demo|dashboard|doctor`` (alias ``gva``).
+"""Command line: ``graphviz-autograd render|train|demo|dashboard|doctor|incidents`` (alias ``gva``).
 
 One click group; each command lives in a module of its own here and is loaded only
 when it runs (``--help`` and ``dashboard`` never import torch). The group maps
@@ -20,6 +20,7 @@ COMMANDS = {
     "demo": "graphviz_autograd.cli.demo:demo",
     "dashboard": "graphviz_autograd.cli.dashboard:dashboard",
     "doctor": "graphviz_autograd.cli.doctor:doctor",
+    "incidents": "graphviz_autograd.cli.incidents:incidents",
 }
 
 

@@ -216,7 +216,7 @@ class ForwardWatch(TorchFunctionMode):
         kind = _ACTIVATIONS.get(name)
         if kind and outs and outs[0].is_floating_point():
             self._record_activation(kind, name, outs[0])
-        if len(self.nonfinite) < 3:
+        if len(self.nonfinite) < 3 and not name.startswith("."):     # not attribute reads (.grad)
             for t in outs:
                 if t.is_floating_point() and t.numel() and not finite(t):
                     self._record_nonfinite(name, inputs, t)

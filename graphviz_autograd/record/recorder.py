@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import time
+import types
 import warnings
 import weakref
 
@@ -24,12 +25,13 @@ import torch
 
 from graphviz_autograd.errors import ConfigError, HookError, describe
 from graphviz_autograd.live import tags
-from graphviz_autograd.live.models import (grad_scale, is_compiled, rank_and_world, unwrap,
-                                           unwrap_optimizer)
+from graphviz_autograd.live.models import (grad_scale, is_compiled, parameter_names, rank_and_world,
+                                           unwrap, unwrap_optimizer)
 from graphviz_autograd.live.modules import ModuleTracker
 from graphviz_autograd.live.tensors import is_sharded, plain, shard_groups
 from graphviz_autograd.record import stats
 from graphviz_autograd.record.capture import Capture
+from graphviz_autograd.record.incidents import IncidentOptions, Incidents, check_action
 from graphviz_autograd.record.rows import ParamSet, step_rows
 from graphviz_autograd.record.scalars import scalar_value
 from graphviz_autograd.store import RunWriter
@@ -39,6 +41,7 @@ WHAT = ("params", "nodes", "activations")
 VERIFY_EVERY = 100     # re-trace at least every this many recorded steps, even if nothing changed
 # A step on the last step's code path reuses its graph instead of tracing (bench_recorder.py lenet).
 _OPEN: "weakref.WeakKeyDictionary[torch.nn.Module, Recorder]" = weakref.WeakKeyDictionary()
+_NO_CAPTURE = types.SimpleNamespace(slots=[], node_acts={}, acts={})     # a step with no capture
 
 
 class Recorder:
@@ -63,6 +66,13 @@ class Recorder:
         meta: extra JSON-able information stored with the run.
         scaler: the ``torch.amp.GradScaler`` of mixed-precision training: gradient statistics
             are recorded unscaled and the scale itself as the scalar ``loss_scale``.
+        incidents: catch the step where training breaks (non-finite loss, metric or gradient;
+            a loss spike; exploding gradients) on every step, record it in full and the next
+            steps in detail (``run.incidents()``); an :class:`IncidentOptions` tunes it, False
+            turns it off.
+        on_incident: ``"record"`` (default), ``"raise"`` (stop training with the incident's
+            summary as an :class:`~graphviz_autograd.errors.IncidentError`, after the store is
+            flushed and the detail steps taken), or a function called with each incident.
 
     A recorded step captures the autograd nodes made between the previous ``log()`` and
     this one on the thread calling ``log()`` (a forward through a submodule,
@@ -75,7 +85,8 @@ class Recorder:
 
     def __init__(self, model: torch.nn.Module, run_dir, *, optimizer=None, every: int = 50,
                  record=WHAT, overwrite: bool = False, flush_interval: float = 2.0,
-                 source: bool = True, meta: dict | None = None, scaler=None):
+                 source: bool = True, meta: dict | None = None, scaler=None,
+                 incidents: bool | IncidentOptions = True, on_incident="record"):
         if not isinstance(model, torch.nn.Module):
             raise ConfigError(f"Recorder needs the model (an nn.Module) first, got {describe(model)}; "
                               "call ga.Recorder(model, 'runs/name', optimizer=opt)")
@@ -94,6 +105,9 @@ class Recorder:
                               "(0 writes every step)")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise ConfigError(f"optimizer= must be a torch.optim.Optimizer, got {describe(optimizer)}")
+        if not isinstance(incidents, (bool, IncidentOptions)):
+            raise ConfigError(f"incidents={incidents!r}: pass True, False or an IncidentOptions")
+        action = check_action(on_incident)
         if scaler is not None and not callable(getattr(scaler, "get_scale", None)):
             raise ConfigError(f"scaler= must be a torch.amp.GradScaler, got {describe(scaler)}")
         if model in _OPEN:
@@ -131,6 +145,11 @@ class Recorder:
             on_exit=None if self._wrapped else self._on_forward_end)
         self._capture = Capture(self._tracker, record_nodes="nodes" in self.record,
                                 record_acts=record_acts, source=source, on_error=self._hook_failed)
+        self._incidents = None
+        if incidents is not False:
+            options = incidents if isinstance(incidents, IncidentOptions) else IncidentOptions()
+            self._incidents = Incidents(options, action, self._writer, parameter_names(self._named))
+        self._node_ids: dict = {}       # live node -> graph id, of nodes an incident names
         self._reset_step()
         self._armed = False
         tags.mark_tagging()
@@ -151,7 +170,7 @@ class Recorder:
         self._step_scale = None
 
     def _recording_this_step(self) -> bool:
-        return self._logged % self.every == 0
+        return self._logged % self.every == 0 or (self._incidents is not None and self._incidents.detailing)
 
     # -- hooks --------------------------------------------------------------------
     def begin_step(self) -> None:
@@ -163,6 +182,9 @@ class Recorder:
         if not self._closed and self._recording_this_step():
             try:
                 self._capture.open(self._logged)
+                if self._incidents is not None:     # an incident's detail step: watch the forward
+                    tracker = self._tracker
+                    self._incidents.start_forward_watch(lambda: tracker.current if tracker else "")
             except Exception as exc:  # noqa: BLE001 - a recorder must never break training
                 self._hook_failed(exc)
 
@@ -227,6 +249,9 @@ class Recorder:
         values = {"loss": loss} if loss is not None else {}
         values.update(scalars)
         row = {name: scalar_value(name, v) for name, v in values.items()}
+        incidents = self._incidents
+        triggers = incidents.watch.check_scalars(step, row) if incidents is not None else []
+        finished = None
         if self.optimizer is not None:
             groups = self.optimizer.param_groups
             for i, g in enumerate(groups):
@@ -234,8 +259,14 @@ class Recorder:
                     row["lr" if len(groups) == 1 else f"lr/{i}"] = float(g["lr"])
         try:
             version, rows = None, None
+            watch = incidents.stop_forward_watch() if incidents is not None else None
             if self._capture.capturing:
-                version, rows = self._collect(step, loss, row)
+                detail = watch is not None or bool(triggers)
+                version, rows = self._collect(step, loss, row, detail=detail, watch=watch)
+            elif triggers and "params" in self.record:      # off the cadence: what is still visible
+                rows = self._visible_rows()
+            if incidents is not None:       # written with the step, in the same flush
+                finished = self._follow_incidents(step, triggers, watch, rows)
             self._writer.add_step(step, wall_time=time.time(), graph_version=version,
                                   scalars=row, stats=rows)
         finally:
@@ -247,6 +278,8 @@ class Recorder:
                 self._arm()
             if self._armed:
                 self.begin_step()
+        if finished is not None:
+            self._act_on(finished)
 
     def _arm(self) -> None:
         """Hooks only around recorded steps: the steps in between run as if no recorder were
@@ -276,7 +309,27 @@ class Recorder:
         if self._tracker is not None:
             self._tracker.install()
 
-    def _collect(self, step: int, loss, scalars: dict):
+    def _follow_incidents(self, step: int, triggers, watch, rows):
+        graph = self.graph if (watch is not None or triggers) else None
+        try:
+            return self._incidents.after_step(step, triggers, watch, self._node_ids, graph, rows,
+                                              cadence=self._logged % self.every == 0)
+        finally:
+            self._node_ids = {}
+
+    def _act_on(self, incident) -> None:
+        self._incidents.act(incident, self._writer.flush, self.run_dir)
+
+    def _visible_rows(self) -> dict | None:
+        """Parameter statistics of a step off the cadence (an incident's): gradients are still
+        in ``.grad``; no node was captured."""
+        try:
+            return step_rows(_NO_CAPTURE, {}, self._params, None)
+        except Exception as exc:  # noqa: BLE001
+            self._hook_failed(exc)
+            return None
+
+    def _collect(self, step: int, loss, scalars: dict, detail: bool = False, watch=None):
         # The step's code path, (op, module) of each node in creation order, is the last
         # step's when no node differed from the details (which hold the last step's path) and
         # as many nodes were made; then the graph is the last one traced.
@@ -289,11 +342,13 @@ class Recorder:
                                         "this thread while it was recorded, so no graph and no node "
                                         "statistics: the forward ran on another thread (call "
                                         "recorder.begin_step() there before the forward)")
-        if n and not capture.new_path and n == self._last_len and self._unverified < VERIFY_EVERY:
+        if (n and not capture.new_path and n == self._last_len and self._unverified < VERIFY_EVERY
+                and not detail):
             version, slot_ids = self._last_version, self._last_slot_ids   # same code path as before
             self._unverified += 1
         else:
-            version, slot_ids = self._trace_step(step, loss) if n else (None, {})
+            interest = {r.node for r in watch.nonfinite} if watch is not None else set()
+            version, slot_ids = self._trace_step(step, loss, interest) if n else (None, {})
             self._last_len, self._last_version, self._last_slot_ids = n, version, slot_ids
             self._unverified = 0
         scale, param_scale = 1.0, 1.0
@@ -319,7 +374,7 @@ class Recorder:
     def _has_param_grads(rows: dict) -> bool:
         return any(values[0] is not None for _key, values in rows.get("param", ()))
 
-    def _trace_step(self, step: int, loss):
+    def _trace_step(self, step: int, loss, interest=frozenset()):
         """Trace this step's graph: its version (stored when new) and slot -> node id."""
         attached = isinstance(loss, torch.Tensor) and loss.grad_fn is not None
         if isinstance(loss, torch.Tensor) and not attached:
@@ -338,6 +393,8 @@ class Recorder:
             return None, slot_ids
 
         def visit(fn, node_id):
+            if fn in interest:
+                self._node_ids[fn] = node_id
             meta = fn.metadata
             slot = meta.get(tags.SLOT_KEY) if meta else None
             if slot is not None:
@@ -366,6 +423,8 @@ class Recorder:
         self._closed = True
         try:
             self._capture.close()
+            if self._incidents is not None:
+                self._incidents.stop_forward_watch()
         finally:
             self._remove_hooks()
             self._params.updates.clear()

@@ -7,8 +7,8 @@
 from graphviz_autograd.store.reader import RankReader
 from graphviz_autograd.store.run import Run, open_run
 from graphviz_autograd.store.schema import (KINDS, STATS, STORE_GLOB, STORE_SCHEMA_VERSION,
-                                            GraphVersion, Series, store_filename)
+                                            GraphVersion, Incident, Series, store_filename)
 from graphviz_autograd.store.writer import RunWriter
 
-__all__ = ["KINDS", "STATS", "STORE_GLOB", "STORE_SCHEMA_VERSION", "GraphVersion", "RankReader",
+__all__ = ["KINDS", "STATS", "STORE_GLOB", "STORE_SCHEMA_VERSION", "GraphVersion", "Incident", "RankReader",
            "Run", "RunWriter", "Series", "open_run", "store_filename"]

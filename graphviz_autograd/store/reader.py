@@ -7,6 +7,7 @@ and step) are still read.
 """
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -18,7 +19,7 @@ from graphviz_autograd.errors import StoreError
 from graphviz_autograd.graph.model import Graph
 from graphviz_autograd.graph.serialize import from_json
 from graphviz_autograd.store import chunks
-from graphviz_autograd.store.schema import (BUSY_TIMEOUT_S, STORE_GLOB, GraphVersion, Series,
+from graphviz_autograd.store.schema import (BUSY_TIMEOUT_S, STORE_GLOB, GraphVersion, Incident, Series,
                                             check_kind, check_stat, check_store, Closing,
                                             decode)
 
@@ -111,6 +112,23 @@ class RankReader(Closing):
     def loss(self) -> Series:
         """The ``loss`` scalar by step."""
         return self.series("loss")
+
+    def incidents(self) -> list[Incident]:
+        """The steps where training broke (non-finite values, loss spikes, exploding
+        gradients), in step order; [] for a store written before incidents existed."""
+        if self._fetch("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'incidents'") == []:
+            return []
+        out = []
+        for step, kind, summary, text in self._fetch(
+                "SELECT step, kind, summary, data FROM incidents ORDER BY step, id"):
+            try:
+                data = json.loads(text) if text else {}
+            except ValueError as exc:
+                raise StoreError(f"{self.file}: incident at step {step} is damaged ({exc})") from exc
+            out.append(Incident(int(step), str(kind), str(summary), dict(data.get("values") or {}),
+                                tuple(data.get("nodes") or ()), tuple(data.get("detail_steps") or ()),
+                                data.get("origin")))
+        return out
 
     def graph_versions(self) -> list[GraphVersion]:
         """Every distinct graph structure, by version."""

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from graphviz_autograd.errors import SchemaVersionError, StoreError
 
-STORE_SCHEMA_VERSION = 2     # 2: statistics in chunks (chunks.py); 1 (one row per key and step) is still read
+STORE_SCHEMA_VERSION = 3     # 3: incidents; 2: statistics in chunks (chunks.py); 1 and 2 are still read
 STORE_FORMAT = "graphviz-autograd-run"
 STORE_GLOB = "rank-*.gva.sqlite"
 STATS = ("grad_norm", "grad_mean", "grad_std", "grad_absmax", "grad_zero_frac", "grad_nan",
@@ -44,6 +44,7 @@ CREATE TABLE keys(id INTEGER PRIMARY KEY, kind TEXT, name TEXT, UNIQUE(kind, nam
 CREATE TABLE chunks(id INTEGER PRIMARY KEY, key_id INTEGER, first_step INTEGER, last_step INTEGER,
                     n INTEGER, stride INTEGER, steps BLOB, {", ".join(s + " BLOB" for s in STATS)});
 CREATE UNIQUE INDEX chunks_by_key ON chunks(key_id, first_step);
+CREATE TABLE incidents(id INTEGER PRIMARY KEY, step INTEGER, kind TEXT, summary TEXT, data TEXT);
 """
 INSERT_CHUNK = (f"INSERT OR REPLACE INTO chunks(key_id, first_step, last_step, n, stride, steps, "
                  f"{', '.join(STATS)}) VALUES ({', '.join('?' * (len(STATS) + 6))})")
@@ -57,6 +58,24 @@ class Series(NamedTuple):
 
     steps: list[int]
     values: list[float]
+
+
+class Incident(NamedTuple):
+    """A step where training broke (see ``record/incidents.py``), as the store keeps it.
+
+    ``kind`` is ``"nonfinite"``, ``"spike"`` or ``"explosion"``; ``values`` the numbers that
+    triggered it; ``nodes`` ids in the graph version of that step; ``detail_steps`` the steps
+    captured in detail after it; ``origin`` where the first non-finite value came from
+    (``op``, ``module``, ``source``, ``operands``) when found.
+    """
+
+    step: int
+    kind: str
+    summary: str
+    values: dict
+    nodes: tuple[str, ...] = ()
+    detail_steps: tuple[int, ...] = ()
+    origin: dict | None = None
 
 
 class GraphVersion(NamedTuple):

@@ -13,6 +13,7 @@ Example:
 """
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -78,6 +79,7 @@ class RunWriter(Closing):
         self._n_keys = 0
         self._readded = False       # a buffered step was added again (rows need deduplicating)
         self._graphs, self._keys, self._steps, self._scalars = [], [], [], []
+        self._incidents: dict[int, tuple] = {}  # id -> row, written (again) at the next flush
         self._pending: dict[int, list] = {}   # key_id -> [step, *STATS, step, ...] not yet written
         self._n_pending = 0
         self._open: dict[int, list] = {}      # key_id -> its last chunk (flat) while it is short
@@ -139,6 +141,18 @@ class RunWriter(Closing):
             version = self._graph_versions[fingerprint] = len(self._graph_versions) + 1
             self._graphs.append((version, fingerprint, int(first_step), int(n_nodes), graph_json))
         return version
+
+    def add_incident(self, incident_id: int, step: int, kind: str, summary: str, data: dict) -> None:
+        """Buffer incident ``incident_id`` (adding it again with more detail replaces it).
+
+        ``data`` holds ``values``, ``nodes``, ``detail_steps`` and ``origin`` (JSON-able).
+        """
+        self._check_open()
+        try:
+            text = json.dumps(data, allow_nan=True, default=str)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"incident {incident_id} at step {step}: data must be JSON-able ({exc})") from exc
+        self._incidents[int(incident_id)] = (int(incident_id), int(step), str(kind), str(summary), text)
 
     def add_step(self, step: int, *, wall_time: float, graph_version: int | None,
                  scalars: dict[str, float],
@@ -233,10 +247,12 @@ class RunWriter(Closing):
             StoreError: Disk full, file not writable, ...; the buffer is kept for a retry.
         """
         self._check_open()
-        if self._steps or self._graphs or self._keys:
+        if self._steps or self._graphs or self._keys or self._incidents:
             conn = self._conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                conn.executemany("INSERT OR REPLACE INTO incidents VALUES (?, ?, ?, ?, ?)",
+                                 list(self._incidents.values()))
                 conn.executemany("INSERT INTO graphs VALUES (?, ?, ?, ?, ?)", self._graphs)
                 conn.executemany("INSERT INTO keys VALUES (?, ?, ?)", self._keys)
                 conn.executemany("INSERT OR REPLACE INTO steps VALUES (?, ?, ?)", self._steps)
@@ -252,7 +268,8 @@ class RunWriter(Closing):
                                  f"flush() again; the data is kept in memory") from exc
             if self._steps:
                 self._written_max = max(row[0] for row in self._steps)
-            for buffer in (self._graphs, self._keys, self._steps, self._scalars, self._pending):
+            for buffer in (self._graphs, self._keys, self._steps, self._scalars, self._pending,
+                           self._incidents):
                 buffer.clear()
             self._n_pending = 0
             self._open = opened
