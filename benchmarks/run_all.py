@@ -19,12 +19,16 @@ SCRIPTS = {
     "bench_recorder.py 1thread": ["--model", "lenet", "--rounds", "12", "--steps", "150", "--threads", "1"],
     "bench_recorder.py resnet18": ["--model", "resnet18", "--batch", "8", "--steps", "5", "--rounds", "6",
                                    "--warmup", "2", "--threads", "1"],
+    "bench_incidents.py": ["--model", "lenet", "--rounds", "6", "--steps", "150"],
+    "bench_incidents.py resnet18": ["--model", "resnet18", "--batch", "8", "--steps", "5", "--rounds", "4",
+                                    "--warmup", "2", "--threads", "1"],
     "bench_store.py": [],
     "bench_memory.py": [],
     "bench_dashboard.py": [],
 }
 SMOKE = {"bench_trace.py": ["--smoke"], "bench_render.py": ["--smoke"],
          "bench_recorder.py": ["--steps", "2", "--rounds", "1", "--warmup", "1"],
+         "bench_incidents.py": ["--steps", "2", "--rounds", "1", "--warmup", "1"],
          "bench_store.py": ["--keys", "20", "--write-steps", "50", "--read-keys", "2", "--read-steps", "500"],
          "bench_dashboard.py": ["--smoke"], "bench_memory.py": ["--steps", "20"]}
 
