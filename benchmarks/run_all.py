@@ -22,6 +22,8 @@ SCRIPTS = {
     "bench_incidents.py": ["--model", "lenet", "--rounds", "6", "--steps", "150"],
     "bench_incidents.py resnet18": ["--model", "resnet18", "--batch", "8", "--steps", "5", "--rounds", "4",
                                     "--warmup", "2", "--threads", "1"],
+    "bench_stacks.py": ["--bf16"],
+    "bench_fsdp.py": [],
     "bench_store.py": [],
     "bench_memory.py": [],
     "bench_dashboard.py": [],
@@ -29,6 +31,8 @@ SCRIPTS = {
 SMOKE = {"bench_trace.py": ["--smoke"], "bench_render.py": ["--smoke"],
          "bench_recorder.py": ["--steps", "2", "--rounds", "1", "--warmup", "1"],
          "bench_incidents.py": ["--steps", "2", "--rounds", "1", "--warmup", "1"],
+         "bench_stacks.py": ["--models", "resnet18", "--steps", "1", "--rounds", "1", "--warmup", "1",
+                             "--batch", "2"],
          "bench_store.py": ["--keys", "20", "--write-steps", "50", "--read-keys", "2", "--read-steps", "500"],
          "bench_dashboard.py": ["--smoke"], "bench_memory.py": ["--steps", "20"]}
 

@@ -16,7 +16,6 @@ import math
 import torch
 import torch.distributed as dist
 
-_SUMMED = 8     # ss, sum, non-zeros, nan, inf, n, ||w||^2, ||dw||^2
 
 
 def combine(rows: list, norms_sq: list, updates_sq: list | None, sharded: list[tuple[int, list]]) -> None:
@@ -33,16 +32,20 @@ def combine(rows: list, norms_sq: list, updates_sq: list | None, sharded: list[t
     for i, groups in sharded:
         by_groups.setdefault(tuple(groups), []).append(i)
     for groups, idx in by_groups.items():
-        summed = torch.zeros(len(idx), _SUMMED, dtype=torch.float64)
-        peak = torch.zeros(len(idx), dtype=torch.float64)
-        for k, i in enumerate(idx):
+        data, peaks = [], []
+        for i in idx:
+            norm_sq = norms_sq[i] if norms_sq[i] is not None else 0.0
+            update_sq = updates_sq[i] if updates_sq is not None and updates_sq[i] is not None else 0.0
             row = rows[i]
-            if row is not None:
-                ss, s, amax, nz, nan, inf, n = row
-                summed[k, :6] = torch.tensor([ss, s, nz, nan, inf, n], dtype=torch.float64)
-                peak[k] = math.inf if amax != amax else amax      # NaN is carried by the count
-            summed[k, 6] = norms_sq[i] if norms_sq[i] is not None else 0.0
-            summed[k, 7] = updates_sq[i] if updates_sq is not None and updates_sq[i] is not None else 0.0
+            if row is None:
+                data.append([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, norm_sq, update_sq])
+                peaks.append(0.0)
+                continue
+            ss, s, amax, nz, nan, inf, n = row
+            data.append([ss, s, nz, nan, inf, n, norm_sq, update_sq])
+            peaks.append(math.inf if amax != amax else amax)       # NaN is carried by the count
+        summed = torch.tensor(data, dtype=torch.float64)          # one tensor each (bench_fsdp.py)
+        peak = torch.tensor(peaks, dtype=torch.float64)
         for group in groups:
             works = [dist.all_reduce(summed, op=dist.ReduceOp.SUM, group=group, async_op=True),
                      dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group, async_op=True)]
