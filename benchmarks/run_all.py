@@ -31,7 +31,7 @@ SCRIPTS = {
 SMOKE = {"bench_trace.py": ["--smoke"], "bench_render.py": ["--smoke"],
          "bench_recorder.py": ["--steps", "2", "--rounds", "1", "--warmup", "1"],
          "bench_incidents.py": ["--steps", "2", "--rounds", "1", "--warmup", "1"],
-         "bench_stacks.py": ["--models", "resnet18", "--steps", "1", "--rounds", "1", "--warmup", "1",
+         "bench_stacks.py": ["--models", "bert", "--steps", "1", "--rounds", "1", "--warmup", "1",
                              "--batch", "2"],
          "bench_store.py": ["--keys", "20", "--write-steps", "50", "--read-keys", "2", "--read-steps", "500"],
          "bench_dashboard.py": ["--smoke"], "bench_memory.py": ["--steps", "20"]}

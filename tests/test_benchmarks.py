@@ -15,7 +15,7 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("bench_render.py", ["--smoke"], "torchviz + dot"),
     ("bench_recorder.py", ["--steps", "2", "--rounds", "1", "--warmup", "1"], "default (every=50)"),
     ("bench_incidents.py", ["--steps", "2", "--rounds", "1", "--warmup", "1"], "default, incidents on"),
-    ("bench_stacks.py", ["--models", "resnet18", "--steps", "1", "--rounds", "1", "--warmup", "1",
+    ("bench_stacks.py", ["--models", "bert", "--steps", "1", "--rounds", "1", "--warmup", "1",
                          "--batch", "2"], "params+nodes every step"),
     ("bench_fsdp.py", [], "bytes sent per rank"),
     ("bench_memory.py", ["--steps", "20"], "live tensors"),
