@@ -6,12 +6,12 @@ Usage: python benchmarks/bench_incidents.py [--model lenet|resnet18] [--steps N]
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 
 import torch
 
 import bench_recorder
+from common import ratio_table
 
 CONFIGS = {
     "plain": None,
@@ -36,12 +36,7 @@ def main() -> None:
     times = bench_recorder.run(args.model, args.steps, args.batch, args.rounds, args.warmup)
     print(f"{args.model}, batch {args.batch}, {args.rounds} rounds x {args.steps} timed steps, "
           f"{torch.get_num_threads()} threads")
-    means = {name: [statistics.mean(r) for r in rounds] for name, rounds in times.items()}
-    print(f"{'configuration':28s} {'mean ms':>8s} {'ratio':>7s} {'ratio range':>14s}")
-    for name, ms in means.items():
-        ratios = [m / p for m, p in zip(ms, means["plain"])]
-        print(f"{name:28s} {statistics.median(ms) * 1000:8.2f} {statistics.median(ratios):7.3f} "
-              f"{min(ratios):6.3f}-{max(ratios):.3f}")
+    print(ratio_table(times))
     return 0
 
 

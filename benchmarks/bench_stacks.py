@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import copy
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import graphviz_autograd as ga  # noqa: E402
+from common import ratio_table  # noqa: E402
 
 CONFIGS = {
     "plain": None,
@@ -104,14 +104,9 @@ def main() -> int:
     for name in args.models.split(","):
         for bf16 in ([False, True] if args.bf16 else [False]):
             times = run(name, args.batch, args.steps, args.rounds, args.warmup, bf16)
-            means = {k: [statistics.mean(r) for r in rs] for k, rs in times.items()}
             print(f"\n{name}{' bf16 autocast' if bf16 else ''}, batch {args.batch}, {args.rounds} rounds x "
                   f"{args.steps} timed steps, {torch.get_num_threads()} threads")
-            print(f"{'configuration':28s} {'mean ms':>9s} {'ratio':>7s} {'ratio range':>14s}")
-            for k, ms in means.items():
-                ratios = [m / p for m, p in zip(ms, means["plain"])]
-                print(f"{k:28s} {statistics.median(ms) * 1000:9.1f} {statistics.median(ratios):7.3f} "
-                      f"{min(ratios):6.3f}-{max(ratios):.3f}")
+            print(ratio_table(times))
     return 0
 
 

@@ -102,3 +102,15 @@ def machine() -> str:
     import platform
     return (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"torch {torch.__version__}, {torch.get_num_threads()} torch threads")
+
+
+def ratio_table(times: dict[str, list[list[float]]]) -> str:
+    """Mean step time per configuration and its ratio to ``"plain"`` (median over rounds; the
+    ratio is taken inside each round, same moment, same noise), as printed lines."""
+    means = {name: [statistics.mean(r) for r in rounds] for name, rounds in times.items()}
+    lines = [f"{'configuration':28s} {'mean ms':>9s} {'ratio':>7s} {'ratio range':>14s}"]
+    for name, ms in means.items():
+        ratios = [m / p for m, p in zip(ms, means["plain"])]
+        lines.append(f"{name:28s} {statistics.median(ms) * 1000:9.2f} {statistics.median(ratios):7.3f} "
+                     f"{min(ratios):6.3f}-{max(ratios):.3f}")
+    return "\n".join(lines)
