@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from graphviz_autograd.diagnosis import failures, flow, numeric
+from graphviz_autograd.diagnosis import batch, blocked, failures, flow, numeric, scales
 from graphviz_autograd.diagnosis.backward import BackwardWatch
 from graphviz_autograd.diagnosis.findings import Diagnosis, Finding, FindingKind, Severity
 from graphviz_autograd.diagnosis.watch import ForwardWatch, ModuleOutputs
@@ -123,6 +123,17 @@ def _call(model, inputs):
     return model(inputs)
 
 
+def _batch_of(inputs) -> int | None:
+    """Examples in the model input: the leading size of its first tensor of 2+ dimensions
+    (0: no batch dimension; None: not known before the forward runs)."""
+    if inputs is None:
+        return None
+    for t in torch.utils._pytree.tree_leaves(inputs):
+        if isinstance(t, torch.Tensor):
+            return int(t.shape[0]) if t.dim() >= 2 else 0
+    return None
+
+
 def _make_loss(out, loss_fn, target):
     if loss_fn is not None:
         return loss_fn(out) if target is None else loss_fn(out, target)
@@ -172,7 +183,9 @@ class _Run:
                                                      on_output=self.outputs) as state:
                     self.calls = calls = state.tracker
                     self.watch = ForwardWatch(labels, lambda: calls.current,
-                                              check_values=self.opts["check_values"])
+                                              check_values=self.opts["check_values"],
+                                              batch=_batch_of(inputs),
+                                              in_model=lambda: bool(calls.stack))
                     with self.watch:
                         loss = compute()
             except (RuntimeError, ValueError) as exc:
@@ -197,7 +210,11 @@ class _Run:
         nodes = tuple(i for i in (node_ids.get(n) for n in pending.live_nodes) if i)
         params = tuple(f"param:{p}" for p in pending.finding.params if f"param:{p}" in graph)
         finding = dataclasses.replace(pending.finding, nodes=nodes + params)
-        return Diagnosis(findings=(finding,), graph=graph, loss=None, notes=tuple(self.notes))
+        mixes = batch.mixing_findings(self.watch, node_ids, self.model)
+        if mixes and finding.kind is FindingKind.SHAPE_ERROR:
+            finding = failures.after_mixing(finding, mixes[0])
+        return Diagnosis(findings=(*mixes, finding), graph=graph, loss=None,
+                         notes=tuple(self.notes))
 
     def _analyse(self, loss: torch.Tensor) -> Diagnosis:
         loss_value = float(loss.detach().double().sum()) if loss.numel() else None
@@ -236,18 +253,57 @@ class _Run:
             act = numeric.activation_findings(self.watch, idmap, self.model,
                                               self.opts["dead_fraction"],
                                               self.opts["saturated_fraction"])
+        findings.extend(batch.mixing_findings(self.watch, idmap, self.model))
+        checked, skip, scaled = layers, set(), set()
+        if fwd is None and failed is None and loss.requires_grad:
+            act, checked, skip, scaled, more = self._blocked(graph, grads, act, layers)
+            findings.extend(more)
         findings.extend(act)
-        skip = set()
-        if any(f.kind is FindingKind.DEAD_UNITS and f.severity is Severity.ERROR for f in act):
-            skip = {s.module for s in layers if s.grad_norm == 0}   # explained by the dead units
         if fwd is None and failed is None:
-            findings.extend(numeric.gradient_scale(layers, self.opts["vanish_ratio"],
+            findings.extend(numeric.gradient_scale(checked, self.opts["vanish_ratio"],
                                                    self.opts["explode_norm"],
-                                                   self.opts["vanish_chain"], skip, self.model))
+                                                   self.opts["vanish_chain"], skip, self.model,
+                                                   saturating=_saturating(graph), scaled=scaled))
         findings = [_with_param_nodes(f, graph) for f in findings]
         findings.sort(key=lambda f: -f.severity.rank)
         return Diagnosis(findings=tuple(findings), graph=graph, loss=loss_value,
                          layers=tuple(layers), notes=tuple(self.notes))
+
+    def _blocked(self, graph: Graph, grads: dict, act: list[Finding], layers):
+        """Parameters cut off the loss by small scales or dead ReLUs, and what that explains.
+
+        Returns ``(activation findings naming the parameters they starve, layer statistics
+        for the vanishing check, modules it skips, modules whose norms it scaled, new findings)``.
+        """
+        params = dict(self.trainable)
+        absmax = {n: float(p.detach().abs().max()) if p.numel() else 0.0 for n, p in params.items()}
+        norms = {n: float(torch.linalg.vector_norm(g.detach().double())) for n, g in grads.items()
+                 if g is not None}
+        gates = scales.find_gates(graph, absmax)
+        dead = {f.nodes[0]: f for f in act if f.kind is FindingKind.DEAD_UNITS
+                and f.severity is Severity.ERROR and f.nodes}
+        roots = [r for r in graph.roots if r == "output:loss"] or None
+        blocking = scales.Blocking(graph, {**gates, **{n: "dead" for n in dead}}, roots)
+        zero = {n for n, g in grads.items() if g is not None and norms.get(n) == 0.0}
+        explained = scales.explain(blocking, gates, norms, zero)
+        starved: dict[str, list[str]] = {}
+        for name, (reason, found) in explained.items():
+            for b in found:
+                if reason == "dead" and b in dead:
+                    starved.setdefault(b, []).append(name)
+        act = [_starving(f, starved[f.nodes[0]], zero) if f.nodes and f.nodes[0] in starved
+               else f for f in act]
+        more = blocked.gate_findings(explained, gates, absmax, norms,
+                                     {n: i for i, n in enumerate(params)})
+        more += blocked.zero_findings(zero, explained)
+        owned: dict[str, list[str]] = {}
+        for name in params:
+            owned.setdefault(name.rpartition(".")[0], []).append(name)
+        checked, skip, scaled = blocked.compensate(layers, owned, explained, gates, absmax)
+        skip |= {p.rpartition(".")[0] for p, e in explained.items() if e[0] == "dead"}
+        skip |= {p.rpartition(".")[0] for f in more if f.kind is FindingKind.ZERO_GRADIENT
+                 for p in f.params}
+        return act, checked, skip, scaled, more
 
     def _gradients(self, loss, used: set[str]):
         """``({name: grad or None}, in-place error message or None)``; ``.grad`` is not touched."""
@@ -272,6 +328,21 @@ class _Run:
             raise
         grads.update({n: g for (n, _), g in zip(targets, got)})
         return grads, None
+
+
+def _starving(f: Finding, params: list[str], zero: set[str]) -> Finding:
+    """A dead-units finding that names the parameters it leaves without gradient."""
+    shown = ", ".join(f"`{p}`" for p in params[:6]) + (" ..." if len(params) > 6 else "")
+    exact = all(p in zero for p in params)
+    text = (f" As a result {shown} {'gets' if len(params) == 1 else 'get'} "
+            f"{'an exactly zero' if exact else 'almost no'} gradient: "
+            f"{'it does' if len(params) == 1 else 'they do'} not learn.")
+    return dataclasses.replace(f, params=tuple(params), message=f.message + text)
+
+
+def _saturating(graph: Graph) -> bool:
+    """Whether the network has sigmoid/tanh (then the vanishing hint mentions them)."""
+    return any(n.op.startswith(("SigmoidBackward", "TanhBackward")) for n in graph.nodes)
 
 
 def _with_param_nodes(f: Finding, graph: Graph) -> Finding:
