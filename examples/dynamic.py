@@ -42,7 +42,8 @@ def _ranges(steps: list[int]) -> str:
 
 
 def run(steps: int = 30, run_dir: str = f"runs/{NAME}", data_dir: str | None = None, every: int = 1,
-        *, seed: int = 0, echo=print, data=None, render: bool = True) -> dict:
+        *, seed: int = 0, echo=print, data=None, render: bool = True,
+        overwrite: bool = False) -> dict:
     """Train ``DynamicNet`` for ``steps`` steps with the recorder; report the graph versions.
 
     Returns:
@@ -50,13 +51,14 @@ def run(steps: int = 30, run_dir: str = f"runs/{NAME}", data_dir: str | None = N
         ``{version: [steps]}``, ``repeats`` ``{version: hidden-layer repeats}``,
         ``files`` and ``run_dir``.
     """
+    run_dir = common.fresh_dir(run_dir, overwrite, echo)
     torch.manual_seed(seed)
     data = data or load_mnist(data_dir)
     echo(f"data: {data.source}")
     model = DynamicNet()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     repeats_at = {}
-    with ga.Recorder(model, run_dir, optimizer=optimizer, every=every, overwrite=True,
+    with ga.Recorder(model, run_dir, optimizer=optimizer, every=every, overwrite=overwrite,
                      meta={"example": NAME}) as rec:
         loader = common.loader(data.train, 64, seed)
         batches = (batch for _epoch in itertools.count() for batch in loader)   # epochs until `steps`
@@ -96,7 +98,7 @@ def main(argv=None) -> dict:
     p = common.parser(__doc__, run_dir=f"runs/{NAME}", every=1)
     p.add_argument("--steps", type=common.positive_int, default=30, help="training steps (default: 30)")
     args = p.parse_args(argv)
-    return run(args.steps, args.run_dir, args.data_dir, args.every)
+    return run(args.steps, args.run_dir, args.data_dir, args.every, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

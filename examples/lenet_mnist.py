@@ -33,7 +33,7 @@ NAME = "lenet"
 def run(epochs: int = 1, steps: int | None = None, run_dir: str = f"runs/{NAME}",
         data_dir: str | None = None, every: int = 10, *, batch_size: int = 64, lr: float = 0.01,
         momentum: float = 0.9, seed: int = 0, progress: bool = True, echo=print,
-        data=None, model: torch.nn.Module | None = None) -> dict:
+        data=None, model: torch.nn.Module | None = None, overwrite: bool = False) -> dict:
     """Train LeNet-5 with the recorder on; returns what happened (for tests and the CLI).
 
     Args:
@@ -44,12 +44,15 @@ def run(epochs: int = 1, steps: int | None = None, run_dir: str = f"runs/{NAME}"
         every: record statistics every ``every`` steps.
         data: an already loaded :class:`~graphviz_autograd.data.MnistData` (skips loading).
         model: the network (default: a fresh ``LeNet5`` seeded with ``seed``).
+        overwrite: replace a run already in ``run_dir``; otherwise a run there is kept
+            and this one goes to ``run_dir-2`` (``-3`` ...), which is said and returned.
 
     Returns:
         dict with ``run_dir``, ``source``, ``steps``, ``losses``, ``epoch_losses``,
         ``test_accuracy``, ``files`` (rendered images), ``graph`` and ``seconds``.
     """
     t0 = time.perf_counter()
+    run_dir = common.fresh_dir(run_dir, overwrite, echo)
     torch.manual_seed(seed)
     data = data or load_mnist(data_dir)
     echo(f"data: {data.source}")
@@ -63,7 +66,7 @@ def run(epochs: int = 1, steps: int | None = None, run_dir: str = f"runs/{NAME}"
 
     meta = {"example": NAME, "data": data.source, "batch_size": batch_size, "lr": lr,
             "momentum": momentum}
-    with ga.Recorder(model, run_dir, optimizer=optimizer, every=every, overwrite=True,
+    with ga.Recorder(model, run_dir, optimizer=optimizer, every=every, overwrite=overwrite,
                      meta=meta) as rec:
         echo(f"recording to {rec.run_dir} (statistics every {every} steps)")
         result = common.fit(model, optimizer, common.loader(data.train, batch_size, seed), loss_fn=common.cross_entropy,
@@ -84,7 +87,7 @@ def main(argv=None) -> dict:
     """Command line entry point; see the module docstring."""
     args = common.parser(__doc__, run_dir=f"runs/{NAME}", epochs=1, every=10, progress=True).parse_args(argv)
     return run(args.epochs, args.steps, args.run_dir, args.data_dir, args.every,
-               progress=not args.quiet)
+               progress=not args.quiet, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":
