@@ -33,7 +33,8 @@ NAME = "lenet"
 def run(epochs: int = 1, steps: int | None = None, run_dir: str = f"runs/{NAME}",
         data_dir: str | None = None, every: int = 10, *, batch_size: int = 64, lr: float = 0.01,
         momentum: float = 0.9, seed: int = 0, progress: bool = True, echo=print,
-        data=None, model: torch.nn.Module | None = None, overwrite: bool = False) -> dict:
+        data=None, model: torch.nn.Module | None = None, overwrite: bool = False,
+        browse_hint: bool = True) -> dict:
     """Train LeNet-5 with the recorder on; returns what happened (for tests and the CLI).
 
     Args:
@@ -46,6 +47,7 @@ def run(epochs: int = 1, steps: int | None = None, run_dir: str = f"runs/{NAME}"
         model: the network (default: a fresh ``LeNet5`` seeded with ``seed``).
         overwrite: replace a run already in ``run_dir``; otherwise a run there is kept
             and this one goes to ``run_dir-2`` (``-3`` ...), which is said and returned.
+        browse_hint: end with the command that opens the dashboard on the run.
 
     Returns:
         dict with ``run_dir``, ``source``, ``steps``, ``losses``, ``epoch_losses``,
@@ -77,8 +79,11 @@ def run(epochs: int = 1, steps: int | None = None, run_dir: str = f"runs/{NAME}"
         graph = rec.graph
     seconds = time.perf_counter() - t0
     echo(f"test accuracy: {accuracy:.1%} on {len(data.test):,} images")
-    echo(f"done: {result['steps']} steps in {seconds:.1f} s; run in {run_dir}; "
-         f"browse it with: graphviz-autograd dashboard {os.path.dirname(os.path.abspath(run_dir))}")
+    done = f"done: {result['steps']} steps in {seconds:.1f} s; run in {run_dir}"
+    if browse_hint:
+        done += (f"; browse it with: graphviz-autograd dashboard "
+                 f"{os.path.dirname(os.path.abspath(run_dir))}")
+    echo(done)
     return {**result, "run_dir": run_dir, "source": data.source, "test_accuracy": accuracy,
             "files": files, "graph": graph, "seconds": seconds}
 
