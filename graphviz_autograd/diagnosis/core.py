@@ -286,15 +286,16 @@ class _Run:
         blocking = scales.Blocking(graph, {**gates, **{n: "dead" for n in dead}}, roots)
         zero = {n for n, g in grads.items() if g is not None and norms.get(n) == 0.0}
         explained = scales.explain(blocking, gates, norms, zero)
+        rank = {n: i for i, n in enumerate(params)}
         starved: dict[str, list[str]] = {}
-        for name, (reason, found) in explained.items():
+        for name, (reason, found) in sorted(explained.items(),
+                                            key=lambda kv: rank.get(kv[0], len(rank))):
             for b in found:
                 if reason == "dead" and b in dead:
                     starved.setdefault(b, []).append(name)
         act = [_starving(f, starved[f.nodes[0]], zero) if f.nodes and f.nodes[0] in starved
                else f for f in act]
-        more = blocked.gate_findings(explained, gates, absmax, norms,
-                                     {n: i for i, n in enumerate(params)})
+        more = blocked.gate_findings(explained, gates, absmax, norms, rank)
         more += blocked.zero_findings(zero, explained)
         owned: dict[str, list[str]] = {}
         for name in params:
