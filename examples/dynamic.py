@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import graphviz_autograd as ga
+from graphviz_autograd.diagnosis.findings import plural
 from graphviz_autograd.examples import _common as common
 from graphviz_autograd.examples.models import DynamicNet
 from graphviz_autograd.examples.data import load_mnist
@@ -78,12 +79,13 @@ def run(steps: int = 30, run_dir: str = f"runs/{NAME}", data_dir: str | None = N
             v = r.version_at(step)
             by_version.setdefault(v, []).append(step)
             repeats.setdefault(v, repeats_at[step])
-        echo(f"{len(versions)} graph versions in {len(repeats_at)} steps (recorded every {every}):")
+        echo(f"{plural(len(versions), 'graph version')} in {plural(len(repeats_at), 'step')} "
+             f"(recorded every {every}):")
         for gv in versions:
             used = by_version.get(gv.version, [])
-            echo(f"  version {gv.version}: {gv.n_nodes} nodes, hidden layer applied "
+            echo(f"  version {gv.version}: {plural(gv.n_nodes, 'node')}, hidden layer applied "
                  f"{repeats.get(gv.version, '?')}x, first at step {gv.first_step}, "
-                 f"used by {len(used)} steps: {_ranges(used)}")
+                 f"used by {plural(len(used), 'step')}: {_ranges(used)}")
             if render:
                 files.extend(common.render(r.graph(gv.version), run_dir, f"graph-v{gv.version}", ("svg",),
                                       title=f"DynamicNet, graph version {gv.version}"))

@@ -23,6 +23,7 @@ import time
 import torch
 
 import graphviz_autograd as ga
+from graphviz_autograd.diagnosis.findings import plural
 from graphviz_autograd.examples import _common as common
 from graphviz_autograd.examples.models import LeNet5
 from graphviz_autograd.examples.data import load_mnist
@@ -70,7 +71,8 @@ def run(epochs: int = 1, steps: int | None = None, run_dir: str = f"runs/{NAME}"
             "momentum": momentum}
     with ga.Recorder(model, run_dir, optimizer=optimizer, every=every, overwrite=overwrite,
                      meta=meta) as rec:
-        echo(f"recording to {rec.run_dir} (statistics every {every} steps)")
+        echo(f"recording to {rec.run_dir} (statistics every "
+             f"{'step' if every == 1 else plural(every, 'step')})")
         result = common.fit(model, optimizer, common.loader(data.train, batch_size, seed), loss_fn=common.cross_entropy,
                        recorder=rec, epochs=epochs, steps=steps, progress=progress, echo=echo,
                        on_graph=on_graph)
@@ -79,7 +81,7 @@ def run(epochs: int = 1, steps: int | None = None, run_dir: str = f"runs/{NAME}"
         graph = rec.graph
     seconds = time.perf_counter() - t0
     echo(f"test accuracy: {accuracy:.1%} on {len(data.test):,} images")
-    done = f"done: {result['steps']} steps in {seconds:.1f} s; run in {run_dir}"
+    done = f"done: {plural(result['steps'], 'step')} in {seconds:.1f} s; run in {run_dir}"
     if browse_hint:
         done += (f"; browse it with: graphviz-autograd dashboard "
                  f"{os.path.dirname(os.path.abspath(run_dir))}")

@@ -26,6 +26,7 @@ import sys
 import torch
 
 import graphviz_autograd as ga
+from graphviz_autograd.diagnosis.findings import plural
 from graphviz_autograd.diagnosis.update_rules import update_rule
 from graphviz_autograd.examples import _common as common
 from graphviz_autograd.examples._figure import line_chart
@@ -114,7 +115,7 @@ def run(steps: int = 30, run_dir: str = f"runs/{NAME}", *, seed: int = 0, echo=p
                            ylabel="MSE loss", log=False,
                            notes={OPTIMIZERS[n][0]: f"mean update/param {ratios[n]:.1e}"
                                   for n in OPTIMIZERS}))
-    echo(f"\n{steps} steps each; runs in {run_dir}/{{{','.join(OPTIMIZERS)}}}")
+    echo(f"\n{plural(steps, 'step')} each; runs in {run_dir}/{{{','.join(OPTIMIZERS)}}}")
     echo(f"figure (the three loss curves overlaid): {figure}")
     echo(f"compare them in the dashboard: graphviz-autograd dashboard {run_dir}")
     echo(f"  then open http://127.0.0.1:8050/?runs={','.join(OPTIMIZERS)}  (the curves overlaid)")

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 import graphviz_autograd as ga
+from graphviz_autograd.diagnosis.findings import plural
 from graphviz_autograd.examples import _common as common
 from graphviz_autograd.examples.models import LeNet5, LeNet5BN, LeNet5Softmax
 from graphviz_autograd.examples.data import load_mnist
@@ -180,7 +181,7 @@ def run(steps: int = STEPS, run_dir: str = f"runs/{NAME}", data_dir: str | None 
              "with SGD lr=0.01 needs ~150 steps to leave it (BatchNorm a few dozen); that is "
              f"training time, not a bug. Run {max(STEPS, 2 * steps)} steps or more "
              "(--steps) to compare the variants.")
-    echo(f"\n{steps} steps each; runs and graphs in {run_dir}/<variant>/ (graph.svg, graph.png)")
+    echo(f"\n{plural(steps, 'step')} each; runs and graphs in {run_dir}/<variant>/ (graph.svg, graph.png)")
     return {"variants": results, "softmax": softmax, "modes": modes, "plateau": stuck,
             "run_dir": run_dir}
 

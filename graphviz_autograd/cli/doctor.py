@@ -6,6 +6,7 @@ import sys
 import click
 
 from graphviz_autograd.cli.common import UserCodeError
+from graphviz_autograd.diagnosis.findings import quote
 from graphviz_autograd.errors import GraphvizAutogradError
 
 
@@ -38,6 +39,6 @@ def doctor(spec, input_shape, classes, svg):
         raise
     except Exception as exc:  # noqa: BLE001 - an error raised by the user's model, not a finding
         raise UserCodeError(f"running {spec} on inputs of shape {', '.join(map(str, shapes))} "
-                            f"failed with {type(exc).__name__}: {exc}. Fix the model, or check "
+                            f"failed with {type(exc).__name__}: {quote(str(exc))}. Fix the model, or check "
                             "--input-shape") from None
     sys.exit(exit_code(diagnosis))
