@@ -105,36 +105,25 @@ def zero_findings(zero: set[str], explained: dict) -> list[Finding]:
                     params=tuple(params), module=_modules(params)[0].replace("(root)", ""))]
 
 
-def scale_of(param: str, explained: dict, gates: dict[str, str],
-             absmax: dict[str, float]) -> float | None:
-    """The largest scale on ``param``'s way to the loss when only gates (scales below
-    :data:`~.scales.GATE_MAX`) are on it; None when its way is not gated."""
-    reason, found = explained.get(param, ("", ()))
-    if reason not in ("branch", "gate") or not found:
-        return None
-    return max(absmax.get(gates[b], 0.0) for b in found)
-
-
-def compensate(layers: list[LayerStats], module_params: dict[str, list[str]], explained: dict,
-               gates: dict[str, str], absmax: dict[str, float]
-               ) -> tuple[list[LayerStats], set[str], set[str]]:
+def compensate(layers: list[LayerStats], module_params: dict[str, list[str]],
+               scale_of) -> tuple[list[LayerStats], set[str], set[str]]:
     """Layer statistics as they would be without the gates' small scales, for the vanishing check.
 
-    A layer whose every parameter reaches the loss only through scales of at most ``s``
-    gets a gradient about ``s`` times smaller than without them; that is the scale's
-    doing (it learns), not the gradient vanishing. Returns ``(layers with such gradient
-    norms divided by s, modules whose scale is exactly zero (left out), modules divided)``.
+    A layer whose every parameter reaches the loss only through scales whose product is at
+    most ``s`` (``scale_of(parameter)``, see :meth:`.scales.Blocking.scale`) gets a gradient
+    about ``s`` times smaller than without them; that is the scales' doing (they learn), not
+    the gradient vanishing. Returns ``(layers with such gradient norms divided by s, modules
+    whose scale is 0 (left out), modules divided)``.
     """
     out, skip, scaled = [], set(), set()
     for stats in layers:
-        values = [scale_of(p, explained, gates, absmax) for p in module_params.get(stats.module, ())]
-        if not values or any(v is None for v in values):
+        values = [scale_of(p) for p in module_params.get(stats.module, ())]
+        scale = max(values, default=1.0)
+        if scale >= 1.0:
             out.append(stats)
-            continue
-        scale = max(values)
-        if scale <= 0:
+        elif scale <= 0:
             skip.add(stats.module)
-            continue
-        out.append(dataclasses.replace(stats, grad_norm=stats.grad_norm / scale))
-        scaled.add(stats.module)
+        else:
+            out.append(dataclasses.replace(stats, grad_norm=stats.grad_norm / scale))
+            scaled.add(stats.module)
     return out, skip, scaled

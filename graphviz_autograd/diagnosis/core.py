@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from graphviz_autograd.diagnosis import batch, blocked, failures, flow, numeric, scales
+from graphviz_autograd.diagnosis import batch, failures, flow, numeric, residual
 from graphviz_autograd.diagnosis.backward import BackwardWatch
 from graphviz_autograd.diagnosis.findings import Diagnosis, Finding, FindingKind, Severity
 from graphviz_autograd.diagnosis.watch import ForwardWatch, ModuleOutputs
@@ -162,6 +162,7 @@ class _Run:
         self.outputs = ModuleOutputs()
         self.watch: ForwardWatch | None = None
         self.notes: list[str] = []
+        self.rerun = None                   # the forward + loss, when diagnose may run it again
 
     def release(self) -> None:
         self.bw.remove()
@@ -173,6 +174,9 @@ class _Run:
         return graph, node_ids
 
     def go(self, compute, loss, inputs) -> Diagnosis:
+        # only a forward diagnose made itself is run twice (a user's loss function may not
+        # be safe to call again: it could draw the next batch)
+        self.rerun = compute if inputs is not None else None
         if compute is not None:
             labels = dict(self.names)
             for i, t in enumerate(torch.utils._pytree.tree_leaves(inputs)):
@@ -254,57 +258,43 @@ class _Run:
                                               self.opts["dead_fraction"],
                                               self.opts["saturated_fraction"])
         findings.extend(batch.mixing_findings(self.watch, idmap, self.model))
-        checked, skip, scaled = layers, set(), set()
         if fwd is None and failed is None and loss.requires_grad:
-            act, checked, skip, scaled, more = self._blocked(graph, grads, act, layers)
-            findings.extend(more)
-        findings.extend(act)
-        if fwd is None and failed is None:
-            findings.extend(numeric.gradient_scale(checked, self.opts["vanish_ratio"],
-                                                   self.opts["explode_norm"],
-                                                   self.opts["vanish_chain"], skip, self.model,
-                                                   saturating=_saturating(graph), scaled=scaled))
+            gating = residual.Gating(graph, self.trainable, grads, act)
+            findings.extend(gating.findings)
+            act = gating.act
+            findings.extend(act)
+            scale = self._scale_findings(gating, layers, graph)
+            findings.extend(scale)
+        else:
+            findings.extend(act)
         findings = [_with_param_nodes(f, graph) for f in findings]
         findings.sort(key=lambda f: -f.severity.rank)
         return Diagnosis(findings=tuple(findings), graph=graph, loss=loss_value,
                          layers=tuple(layers), notes=tuple(self.notes))
 
-    def _blocked(self, graph: Graph, grads: dict, act: list[Finding], layers):
-        """Parameters cut off the loss by small scales or dead ReLUs, and what that explains.
+    def _scale_findings(self, gating, layers, graph: Graph) -> list[Finding]:
+        """Vanishing and exploding gradients; a vanishing that only small scales cause (they
+        vanish no more with the scales opened to 1) becomes part of the scales' note."""
+        def check(stats, skip=frozenset(), scaled=frozenset()):
+            return numeric.gradient_scale(stats, self.opts["vanish_ratio"],
+                                          self.opts["explode_norm"], self.opts["vanish_chain"],
+                                          set(skip) | gating.skip, self.model,
+                                          saturating=_saturating(graph), scaled=scaled)
 
-        Returns ``(activation findings naming the parameters they starve, layer statistics
-        for the vanishing check, modules it skips, modules whose norms it scaled, new findings)``.
-        """
-        params = dict(self.trainable)
-        absmax = {n: float(p.detach().abs().max()) if p.numel() else 0.0 for n, p in params.items()}
-        norms = {n: float(torch.linalg.vector_norm(g.detach().double())) for n, g in grads.items()
-                 if g is not None}
-        gates = scales.find_gates(graph, absmax)
-        dead = {f.nodes[0]: f for f in act if f.kind is FindingKind.DEAD_UNITS
-                and f.severity is Severity.ERROR and f.nodes}
-        roots = [r for r in graph.roots if r == "output:loss"] or None
-        blocking = scales.Blocking(graph, {**gates, **{n: "dead" for n in dead}}, roots)
-        zero = {n for n, g in grads.items() if g is not None and norms.get(n) == 0.0}
-        explained = scales.explain(blocking, gates, norms, zero)
-        rank = {n: i for i, n in enumerate(params)}
-        starved: dict[str, list[str]] = {}
-        for name, (reason, found) in sorted(explained.items(),
-                                            key=lambda kv: rank.get(kv[0], len(rank))):
-            for b in found:
-                if reason == "dead" and b in dead:
-                    starved.setdefault(b, []).append(name)
-        act = [_starving(f, starved[f.nodes[0]], zero) if f.nodes and f.nodes[0] in starved
-               else f for f in act]
-        more = blocked.gate_findings(explained, gates, absmax, norms, rank)
-        more += blocked.zero_findings(zero, explained)
-        owned: dict[str, list[str]] = {}
-        for name in params:
-            owned.setdefault(name.rpartition(".")[0], []).append(name)
-        checked, skip, scaled = blocked.compensate(layers, owned, explained, gates, absmax)
-        skip |= {p.rpartition(".")[0] for p, e in explained.items() if e[0] == "dead"}
-        skip |= {p.rpartition(".")[0] for f in more if f.kind is FindingKind.ZERO_GRADIENT
-                 for p in f.params}
-        return act, checked, skip, scaled, more
+        checked, skip, scaled = gating.compensated(layers)
+        found = check(checked, skip, scaled)
+        vanishing = [f for f in found if f.kind is FindingKind.VANISHING]
+        if not vanishing or not gating.openable or self.rerun is None:
+            return found
+        opened = residual.opened_layers(self.model, self.trainable, self.rerun, gating.openable,
+                                        self.calls.order if self.calls is not None else {})
+        if opened is None:
+            return found
+        others = [f for f in found if f.kind is not FindingKind.VANISHING]
+        still = [f for f in check(opened, skip) if f.kind is FindingKind.VANISHING]
+        if still:                       # the scales' share left out: what remains is real
+            return others + [gating.measured_opened(f) for f in still]
+        return others + [gating.opened_note(vanishing[0])]
 
     def _gradients(self, loss, used: set[str]):
         """``({name: grad or None}, in-place error message or None)``; ``.grad`` is not touched."""
@@ -329,16 +319,6 @@ class _Run:
             raise
         grads.update({n: g for (n, _), g in zip(targets, got)})
         return grads, None
-
-
-def _starving(f: Finding, params: list[str], zero: set[str]) -> Finding:
-    """A dead-units finding that names the parameters it leaves without gradient."""
-    shown = ", ".join(f"`{p}`" for p in params[:6]) + (" ..." if len(params) > 6 else "")
-    exact = all(p in zero for p in params)
-    text = (f" As a result {shown} {'gets' if len(params) == 1 else 'get'} "
-            f"{'an exactly zero' if exact else 'almost no'} gradient: "
-            f"{'it does' if len(params) == 1 else 'they do'} not learn.")
-    return dataclasses.replace(f, params=tuple(params), message=f.message + text)
 
 
 def _saturating(graph: Graph) -> bool:

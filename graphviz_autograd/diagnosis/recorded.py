@@ -49,14 +49,15 @@ def run_findings(run, step: int, *, vanish_ratio: float = 1e-7, explode_norm: fl
     explained, gates = {}, {}
     if graph is not None and grads:
         gates = scales.find_gates(graph, norms)      # a norm bounds every value
-        blocking = scales.Blocking(graph, {**gates, **{n: "dead" for n in dead}})
+        blocking = scales.Blocking(graph, {**{op: norms[p] for op, p in gates.items()},
+                                           **{n: 0.0 for n in dead}})
         zero = {k for k, v in grads.items() if v == 0.0}
         explained = scales.explain(blocking, gates, grads, zero)
         out.extend(_with_step(f, step) for f in blocked.gate_findings(explained, gates, norms, grads))
         out.extend(_with_step(f, step) for f in blocked.zero_findings(zero, explained))
     if grads or norms:
         out.extend(_param_findings(step, grads, norms, vanish_ratio, explode_norm,
-                                   explained, gates))
+                                   blocking.scale if graph is not None and grads else None))
     if graph is not None:
         out.extend(_node_findings(step, graph, nodes, dead_fraction, saturated_fraction,
                                   explained))
@@ -74,7 +75,7 @@ def _dead_nodes(graph, zero_frac: dict[str, float]) -> dict[str, float]:
             and "Relu" in graph.node(n).op}
 
 
-def _param_findings(step, grads, norms, vanish_ratio, explode_norm, explained, gates):
+def _param_findings(step, grads, norms, vanish_ratio, explode_norm, scale_of):
     missing = sorted(k for k in norms if k not in grads)
     if missing:
         yield _finding(FindingKind.UNUSED_PARAMETER, Severity.ERROR,
@@ -91,10 +92,10 @@ def _param_findings(step, grads, norms, vanish_ratio, explode_norm, explained, g
     for k, g in grads.items():
         if not math.isfinite(g) or g == 0.0 or norms.get(k, 0) <= 0:
             continue            # exactly zero: the zero_gradient finding says why
-        scale = blocked.scale_of(k, explained, gates, norms)
-        if scale == 0.0:
-            continue
-        if g / norms[k] / (scale or 1.0) < vanish_ratio:
+        scale = scale_of(k) if scale_of is not None else 1.0
+        if scale <= 0.0:
+            continue          # cut off by dead ReLUs: that finding says so
+        if g / norms[k] / min(scale, 1.0) < vanish_ratio:
             tiny.append(k)
     tiny.sort()
     if tiny:

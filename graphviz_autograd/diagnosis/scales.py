@@ -65,6 +65,11 @@ def find_gates(graph: Graph, absmax: dict[str, float], limit: float = GATE_MAX,
     return gates
 
 
+def is_weight_gate(op: str) -> bool:
+    """Whether a gate is a Linear/Conv weight (not a scale that 1 would open)."""
+    return bool(_SCALE_WEIGHT.match(op)) and not _SCALE_ANY.match(op) and not _SCALE_NORM.match(op)
+
+
 def _adjacency(graph: Graph):
     succ: dict[str, list[str]] = {}
     pred: dict[str, list[str]] = {}
@@ -98,15 +103,17 @@ class Blocking:
 
     Args:
         graph: the traced graph.
-        blockers: ``{op node id: label}`` (gates, dead ReLUs).
+        blockers: ``{op node id: scale}``: a gate's largest value, 0 for dead ReLUs.
         roots: node ids of the loss (default: the graph's roots).
     """
 
-    def __init__(self, graph: Graph, blockers: dict[str, str], roots=None):
+    def __init__(self, graph: Graph, blockers: dict[str, float], roots=None):
         self.graph, self.blockers = graph, dict(blockers)
         self.succ, self.pred = _adjacency(graph)
         self._chain: dict[str, bool] = {}
         start = [r for r in (roots if roots is not None else graph.roots) if r in graph]
+        self._roots = start
+        self._scale: dict[str, float] | None = None
         self.free = set(start)          # nodes whose gradient does not pass a blocker
         todo = deque(start)
         while todo:
@@ -129,6 +136,41 @@ class Blocking:
                 and all(self._param_chain(p) for p in preds))
             self._chain[node_id] = known
         return known
+
+    def scale(self, param: str) -> float:
+        """The largest product of blocker scales along any path from ``param`` to the loss:
+        1.0 when a path avoids every blocker, 0.0 for no path (or only through dead ReLUs).
+        Nested gates multiply (a branch inside a branch), which the gradient does too."""
+        if self._scale is None:
+            self._scale = self._scales()
+        node = self.graph.params.get(param)
+        return self._scale.get(node.id, 0.0) if node is not None else 0.0
+
+    def _scales(self) -> dict[str, float]:
+        order, indegree = [], {n.id: 0 for n in self.graph.nodes}
+        for targets in self.succ.values():
+            for t in targets:
+                indegree[t] = indegree.get(t, 0) + 1
+        todo = deque(n for n, d in indegree.items() if d == 0)
+        while todo:                                  # topological order, inputs first
+            v = todo.popleft()
+            order.append(v)
+            for w in self.succ.get(v, ()):
+                indegree[w] -= 1
+                if not indegree[w]:
+                    todo.append(w)
+        best = {r: 1.0 for r in self._roots}
+        for v in reversed(order):                    # the loss first
+            if v in best and v in self._roots:
+                continue
+            value = 0.0
+            for w in self.succ.get(v, ()):
+                factor = best.get(w, 0.0)
+                if w in self.blockers and not self._param_chain(v):
+                    factor *= self.blockers[w]
+                value = max(value, factor)
+            best[v] = value
+        return best
 
     def blocked(self, param: str) -> bool:
         """True when every path from ``param`` to the loss passes a blocker."""
