@@ -210,3 +210,16 @@ def test_tracker_records_and_reports_missing():
     assert not case.model.head.weight._backward_hooks           # removed on exit
     with pytest.raises(GradientFlowError, match="refine.0.weight"):
         tracker.assert_all_received()
+
+
+def test_tracker_counts_all_zero_gradients_as_none():
+    case = zoo.make_dead_relu()
+    with GradientTracker(case.model) as tracker:
+        for _ in range(2):
+            F.cross_entropy(case.model(case.inputs), case.target).backward()
+    assert tracker.missing() == [] and tracker.zero() == ["fc1.weight", "fc1.bias", "fc2.weight"]
+    with pytest.raises(GradientFlowError) as info:
+        tracker.assert_all_received()
+    text = str(info.value)
+    assert text.startswith("3 of 4 trainable parameters of DeadMLP while tracked: only got "
+                           "gradients that are exactly zero everywhere: fc1.weight, fc1.bias, fc2.weight")
