@@ -65,8 +65,10 @@ def run_findings(run, step: int, *, vanish_ratio: float = 1e-7, explode_norm: fl
 
 
 def _with_step(f: Finding, step: int) -> Finding:
-    return dataclasses.replace(f, title=f"{f.title} (step {step})",
-                               nodes=tuple(f"param:{p}" for p in f.params))
+    """The finding at ``step``; its parameters' nodes are marked unless it is only a note
+    (the dashboard marks every finding's nodes on the graph)."""
+    nodes = () if f.severity is Severity.INFO else tuple(f"param:{p}" for p in f.params)
+    return dataclasses.replace(f, title=f"{f.title} (step {step})", nodes=nodes)
 
 
 def _dead_nodes(graph, zero_frac: dict[str, float]) -> dict[str, float]:
