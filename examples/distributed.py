@@ -18,10 +18,8 @@ Started without torchrun it runs as a single process (world size 1).
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
-
 
 import torch
 import torch.distributed as dist

@@ -14,9 +14,6 @@ Run::
 from __future__ import annotations
 
 import itertools
-import os
-import sys
-
 
 import torch
 import torch.nn.functional as F

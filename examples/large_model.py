@@ -14,10 +14,7 @@ Run::
 """
 from __future__ import annotations
 
-import os
-import sys
 import time
-
 
 import torch
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
-
 
 import torch
 

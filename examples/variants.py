@@ -39,8 +39,6 @@ Run::
 from __future__ import annotations
 
 import os
-import sys
-
 
 import torch
 import torch.nn.functional as F

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 import graphviz_autograd as ga
 from graphviz_autograd.examples import data as mnist_data

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from graphviz_autograd.diagnosis import batch, failures, flow, numeric, residual
 from graphviz_autograd.diagnosis.backward import BackwardWatch
-from graphviz_autograd.diagnosis.findings import Diagnosis, Finding, FindingKind, Severity
+from graphviz_autograd.diagnosis.findings import Diagnosis, Finding, FindingKind
 from graphviz_autograd.diagnosis.watch import ForwardWatch, ModuleOutputs
 from graphviz_autograd.errors import DiagnoseInputError, describe
 from graphviz_autograd.graph.model import Graph
