@@ -26,7 +26,7 @@ def run_doctor(model, inputs, *, target=None, svg=None, console=None, loss_fn=No
         model: the network (``nn.Module``).
         inputs: its input (a tensor, a tuple of tensors, or a dict of keyword inputs).
         target: optional target; with it the loss is cross-entropy (integer
-            target) or MSE (float target), without it the sum of the output.
+            target) or MSE (float target), without it MSE against a fixed random target.
         svg: path of an SVG (or .png/.pdf/.dot) of the graph with the nodes of
             every finding highlighted.
         console: a ``rich.console.Console`` (default: standard output).

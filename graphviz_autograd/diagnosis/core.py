@@ -54,7 +54,9 @@ def diagnose(model: torch.nn.Module, loss=None, *, inputs=None, loss_fn: Callabl
             of keyword inputs.
         loss_fn: ``loss_fn(output, target)`` (or ``loss_fn(output)`` without
             target). Default: cross-entropy for an integer target, MSE for a
-            float target, the sum of the output without target.
+            float target; without target, MSE against a fixed random target (not
+            the sum or the mean square of the output: those are constant for softmax
+            or LayerNorm outputs, whose gradients would then all be zero).
         target: the target passed to ``loss_fn``.
         vanish_ratio: a layer whose ``|grad| / |weights|`` is below this does not train.
         explode_norm: a layer whose gradient norm is above this explodes.
@@ -146,7 +148,9 @@ def _make_loss(out, loss_fn, target):
     if not leaves:
         raise DiagnoseInputError(f"the model returned {describe(out)}, with no float tensor to "
                                  "build a loss from; pass loss_fn= (and target=)")
-    return sum(t.sum() for t in leaves)
+    gen = torch.Generator().manual_seed(0)
+    return sum(F.mse_loss(t, torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device))
+               for t in leaves)
 
 
 class _Run:

@@ -114,6 +114,7 @@ class Blocking:
         start = [r for r in (roots if roots is not None else graph.roots) if r in graph]
         self._roots = start
         self._scale: dict[str, float] | None = None
+        self.params = graph.params
         self.free = set(start)          # nodes whose gradient does not pass a blocker
         todo = deque(start)
         while todo:
@@ -143,7 +144,7 @@ class Blocking:
         Nested gates multiply (a branch inside a branch), which the gradient does too."""
         if self._scale is None:
             self._scale = self._scales()
-        node = self.graph.params.get(param)
+        node = self.params.get(param)
         return self._scale.get(node.id, 0.0) if node is not None else 0.0
 
     def _scales(self) -> dict[str, float]:
@@ -174,12 +175,12 @@ class Blocking:
 
     def blocked(self, param: str) -> bool:
         """True when every path from ``param`` to the loss passes a blocker."""
-        node = self.graph.params.get(param)
+        node = self.params.get(param)
         return node is not None and node.id not in self.free
 
     def blockers_of(self, param: str) -> list[str]:
         """The blockers met on the way from ``param`` to the loss, nearest first."""
-        node = self.graph.params.get(param)
+        node = self.params.get(param)
         if node is None:
             return []
         found, todo, seen = [], deque([node.id]), {node.id}
@@ -197,7 +198,7 @@ class Blocking:
     def fed_by(self, param: str) -> list[str]:
         """Blockers whose output is the data input of ``param``'s layer (a dead ReLU before a
         Linear makes its weight's gradient zero without cutting it off the loss)."""
-        node = self.graph.params.get(param)
+        node = self.params.get(param)
         if node is None:
             return []
         found = []
@@ -214,7 +215,7 @@ class Blocking:
     def bypassed(self, param: str) -> bool:
         """True when the input of ``param``'s layer still gets a gradient around the blockers
         (the layer sits in a branch with a skip connection around it)."""
-        node = self.graph.params.get(param)
+        node = self.params.get(param)
         if node is None:
             return False
         todo = deque(_consumers(self.graph, self.succ, node.id))
@@ -241,7 +242,7 @@ def explain(blocking: Blocking, gates: dict[str, str], gate_grads: dict[str, flo
     gate whose scale gets no gradient either).
     """
     out = {}
-    for name in blocking.graph.params:
+    for name in blocking.params:
         if not blocking.blocked(name):
             fed = blocking.fed_by(name) if name in zero else []
             dead = [b for b in fed if b not in gates]
