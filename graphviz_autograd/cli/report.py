@@ -105,7 +105,8 @@ def print_report(diagnosis, console=None, title: str = "model") -> None:
         console.print(table)
     for note in d.notes:
         console.print(f"[dim]note: {escape(note)}[/]")
-    if not d.errors and not d.warnings:
+    if d.findings and not d.errors and not d.warnings:
+        console.print("[green]No problems found; the notes above are context.[/]")
+    elif not d.findings:
         console.print("[green]No problems found: every trainable parameter gets a finite, "
-                      "non-vanishing gradient" + (" (the notes above are context)" if d.findings
-                                                  else "") + ".[/]")
+                      "non-vanishing gradient.[/]")
