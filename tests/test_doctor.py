@@ -150,3 +150,15 @@ def test_make_inputs_is_deterministic():
     a, b = make_inputs([(2, 3), (4,)])
     assert a.shape == (2, 3) and b.shape == (4,)
     assert torch.equal(make_inputs([(2, 3)]), a)
+
+
+def test_doctor_on_zero_init_residual_is_healthy_with_a_note():
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(zero_init_residual=True, num_classes=10)
+    c = console()
+    d = run_doctor(model, torch.randn(2, 3, 32, 32), console=c)
+    out = " ".join(text_of(c).split())
+    assert exit_code(d) == 0 and "ResNet: healthy" in out and "0 errors, 0 warnings, 1 note" in out
+    assert "info vanishing" in out and "No problems found; the notes above are context." in out
