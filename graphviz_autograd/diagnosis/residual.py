@@ -38,10 +38,9 @@ class Gating:
 
     def __init__(self, graph: Graph, trainable, grads: dict, act: list[Finding]):
         params = dict(trainable)
-        self.absmax = {n: float(p.detach().abs().max()) if p.numel() else 0.0
-                       for n, p in params.items()}
-        self.norms = {n: float(torch.linalg.vector_norm(g.detach().double()))
-                      for n, g in grads.items() if g is not None}
+        with torch.no_grad():
+            self.absmax = {n: _absmax(p) for n, p in params.items()}
+            self.norms = {n: _norm(g) for n, g in grads.items() if g is not None}
         self.gates = scales.find_gates(graph, self.absmax)
         dead = {f.nodes[0] for f in act if f.kind is FindingKind.DEAD_UNITS
                 and f.severity is Severity.ERROR and f.nodes}
@@ -129,6 +128,27 @@ def opened_layers(model: torch.nn.Module, trainable, compute, openable, order):
                 params[n].data.copy_(value)
             for b, value in buffers:
                 b.data.copy_(value)
+
+
+SMALL = 1 << 16      # scales (norm weights, layer scales) are vectors of this size at most
+
+
+def _absmax(p: torch.Tensor) -> float:
+    """max |p| for a small tensor (a scale); its norm, an upper bound, for a big one (a weight
+    matrix gates only when nearly all zero, which the norm shows as well)."""
+    if not p.numel():
+        return 0.0
+    if p.numel() <= SMALL:
+        return float(p.detach().abs().max())
+    return float(torch.linalg.vector_norm(p.detach()))
+
+
+def _norm(g: torch.Tensor) -> float:
+    """||g||, exactly 0.0 only when every element is 0 (float32 squares can underflow)."""
+    value = float(torch.linalg.vector_norm(g.detach()))
+    if value == 0.0 and bool(g.detach().any()):
+        value = float(torch.linalg.vector_norm(g.detach().double()))
+    return value
 
 
 def _starving(f: Finding, params: list[str], zero: set[str]) -> Finding:
