@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -28,7 +30,10 @@ def parser(description: str, *, run_dir: str, epochs: int | None = None, steps: 
            data: bool = True, every: int | None = None, progress: bool = False) -> argparse.ArgumentParser:
     """An argparse parser with the options the examples share."""
     p = argparse.ArgumentParser(description=description.strip().splitlines()[0])
-    p.add_argument("--run-dir", default=run_dir, help=f"output directory (default: {run_dir})")
+    p.add_argument("--run-dir", default=run_dir, help=f"output directory (default: {run_dir}; "
+                   "when it already holds something, a fresh one next to it: NAME-2, NAME-3 ...)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what --run-dir holds instead of writing to a fresh directory")
     if epochs is not None:
         p.add_argument("--epochs", type=positive_int, default=epochs, help=f"epochs (default: {epochs})")
     if steps is not None or epochs is not None:
@@ -44,6 +49,46 @@ def parser(description: str, *, run_dir: str, epochs: int | None = None, steps: 
     if progress:
         p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def _occupied(path: Path) -> bool:
+    return path.is_file() or (path.is_dir() and any(path.iterdir()))
+
+
+def fresh_dir(path: str, overwrite: bool = False, echo: Callable[[str], None] = print,
+              what: str = "a run") -> str:
+    """``path``, or the first free ``path-2``, ``path-3`` ... when ``path`` already holds files.
+
+    Nothing the user has is replaced silently: the examples write their runs and
+    images into the directory this returns, and say so when it is not ``path``.
+    With ``overwrite`` the existing directory is used (its files are replaced).
+
+    Example:
+        >>> fresh_dir("/nonexistent/runs/lenet")
+        '/nonexistent/runs/lenet'
+    """
+    base = Path(path)
+    if overwrite or not _occupied(base):
+        return str(path)
+    for k in itertools.count(2):
+        candidate = base.with_name(f"{base.name}-{k}")
+        if not _occupied(candidate):
+            echo(f"{path} already holds {what}; writing to {candidate} instead "
+                 "(pass --overwrite to replace it)")
+            return str(candidate)
+    raise AssertionError("unreachable")
+
+
+def optimizer_settings(optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's hyper-parameters that JSON can hold (lr, momentum, betas, ...), for a
+    run's metadata: the dashboard shows the update rule of a parameter with these numbers."""
+    out = {}
+    for key, value in optimizer.defaults.items():
+        if isinstance(value, (bool, int, float, str)):
+            out[key] = value
+        elif isinstance(value, (tuple, list)) and all(isinstance(v, (int, float)) for v in value):
+            out[key] = list(value)
+    return out
 
 
 def render(graph, out_dir: str, name: str = "graph", formats=("svg", "png"), **options) -> list[str]:

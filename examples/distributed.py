@@ -18,10 +18,8 @@ Started without torchrun it runs as a single process (world size 1).
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
-
 
 import torch
 import torch.distributed as dist
@@ -51,14 +49,22 @@ def _init() -> tuple[int, int, bool]:
 
 
 def run(epochs: int = 1, steps: int | None = None, run_dir: str = f"runs/{NAME}",
-        data_dir: str | None = None, every: int = 10, *, seed: int = 0, progress: bool = True) -> dict:
-    """Train on this rank; returns this rank's result (``rank``, ``world_size``, ``losses`` ...)."""
+        data_dir: str | None = None, every: int = 10, *, seed: int = 0, progress: bool = True,
+        overwrite: bool = False) -> dict:
+    """Train on this rank; returns this rank's result (``rank``, ``world_size``, ``losses`` ...).
+
+    A run already in ``run_dir`` is kept (rank 0 picks ``run_dir-2`` ... for every rank)
+    unless ``overwrite``.
+    """
     rank, world, started_here = _init()
     t0 = time.perf_counter()
     say = print if rank == 0 else (lambda *_a, **_k: None)
     if world > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     try:
+        chosen = [common.fresh_dir(run_dir, overwrite, say) if rank == 0 else None]
+        dist.broadcast_object_list(chosen, src=0)        # every rank writes into the same run
+        run_dir = chosen[0]
         data = load_mnist(data_dir, log=say)
         say(f"data: {data.source}")
         torch.manual_seed(seed)
@@ -69,7 +75,7 @@ def run(epochs: int = 1, steps: int | None = None, run_dir: str = f"runs/{NAME}"
         files: list[str] = []
         on_graph = (lambda g: files.extend(common.render(g, run_dir, "graph", title="LeNet-5 (DDP)"))) \
             if rank == 0 else None
-        with ga.Recorder(model, run_dir, optimizer=optimizer, every=every, overwrite=True,
+        with ga.Recorder(model, run_dir, optimizer=optimizer, every=every, overwrite=overwrite,
                          meta={"example": NAME, "data": data.source}) as rec:
             say(f"{world} rank(s), gloo backend; recording every rank to {rec.run_dir} "
                 f"(statistics every {every} steps)")
@@ -97,7 +103,7 @@ def main(argv=None) -> dict:
     """Command line entry point; see the module docstring."""
     args = common.parser(__doc__, run_dir=f"runs/{NAME}", epochs=1, every=10, progress=True).parse_args(argv)
     return run(args.epochs, args.steps, args.run_dir, args.data_dir, args.every,
-               progress=not args.quiet)
+               progress=not args.quiet, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,12 @@ Run::
 from __future__ import annotations
 
 import itertools
-import os
-import sys
-
 
 import torch
 import torch.nn.functional as F
 
 import graphviz_autograd as ga
+from graphviz_autograd.diagnosis.findings import plural
 from graphviz_autograd.examples import _common as common
 from graphviz_autograd.examples.models import DynamicNet
 from graphviz_autograd.examples.data import load_mnist
@@ -42,7 +40,8 @@ def _ranges(steps: list[int]) -> str:
 
 
 def run(steps: int = 30, run_dir: str = f"runs/{NAME}", data_dir: str | None = None, every: int = 1,
-        *, seed: int = 0, echo=print, data=None, render: bool = True) -> dict:
+        *, seed: int = 0, echo=print, data=None, render: bool = True,
+        overwrite: bool = False) -> dict:
     """Train ``DynamicNet`` for ``steps`` steps with the recorder; report the graph versions.
 
     Returns:
@@ -50,13 +49,14 @@ def run(steps: int = 30, run_dir: str = f"runs/{NAME}", data_dir: str | None = N
         ``{version: [steps]}``, ``repeats`` ``{version: hidden-layer repeats}``,
         ``files`` and ``run_dir``.
     """
+    run_dir = common.fresh_dir(run_dir, overwrite, echo)
     torch.manual_seed(seed)
     data = data or load_mnist(data_dir)
     echo(f"data: {data.source}")
     model = DynamicNet()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     repeats_at = {}
-    with ga.Recorder(model, run_dir, optimizer=optimizer, every=every, overwrite=True,
+    with ga.Recorder(model, run_dir, optimizer=optimizer, every=every, overwrite=overwrite,
                      meta={"example": NAME}) as rec:
         loader = common.loader(data.train, 64, seed)
         batches = (batch for _epoch in itertools.count() for batch in loader)   # epochs until `steps`
@@ -76,12 +76,13 @@ def run(steps: int = 30, run_dir: str = f"runs/{NAME}", data_dir: str | None = N
             v = r.version_at(step)
             by_version.setdefault(v, []).append(step)
             repeats.setdefault(v, repeats_at[step])
-        echo(f"{len(versions)} graph versions in {len(repeats_at)} steps (recorded every {every}):")
+        echo(f"{plural(len(versions), 'graph version')} in {plural(len(repeats_at), 'step')} "
+             f"(recorded every {every}):")
         for gv in versions:
             used = by_version.get(gv.version, [])
-            echo(f"  version {gv.version}: {gv.n_nodes} nodes, hidden layer applied "
+            echo(f"  version {gv.version}: {plural(gv.n_nodes, 'node')}, hidden layer applied "
                  f"{repeats.get(gv.version, '?')}x, first at step {gv.first_step}, "
-                 f"used by {len(used)} steps: {_ranges(used)}")
+                 f"used by {plural(len(used), 'step')}: {_ranges(used)}")
             if render:
                 files.extend(common.render(r.graph(gv.version), run_dir, f"graph-v{gv.version}", ("svg",),
                                       title=f"DynamicNet, graph version {gv.version}"))
@@ -96,7 +97,7 @@ def main(argv=None) -> dict:
     p = common.parser(__doc__, run_dir=f"runs/{NAME}", every=1)
     p.add_argument("--steps", type=common.positive_int, default=30, help="training steps (default: 30)")
     args = p.parse_args(argv)
-    return run(args.steps, args.run_dir, args.data_dir, args.every)
+    return run(args.steps, args.run_dir, args.data_dir, args.every, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

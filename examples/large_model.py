@@ -14,10 +14,7 @@ Run::
 """
 from __future__ import annotations
 
-import os
-import sys
 import time
-
 
 import torch
 
@@ -46,7 +43,7 @@ DEPTH = {"resnet18": 1, "transformer": 3}   # fold depth that gives a readable o
 
 
 def run(run_dir: str = f"out/{NAME}", *, models=tuple(MODELS), formats=("svg", "png"),
-        depth: int | None = None, seed: int = 0, echo=print) -> dict:
+        depth: int | None = None, seed: int = 0, echo=print, overwrite: bool = False) -> dict:
     """Trace and render each model, full and folded at ``depth`` (default: :data:`DEPTH`).
 
     Returns:
@@ -54,6 +51,7 @@ def run(run_dir: str = f"out/{NAME}", *, models=tuple(MODELS), formats=("svg", "
     """
     from graphviz_autograd.graph.fold import fold_depth  # noqa: PLC0415
 
+    run_dir = common.fresh_dir(run_dir, overwrite, echo, "files")
     results = {}
     for name in models:
         fold = depth if depth is not None else DEPTH[name]
@@ -91,7 +89,8 @@ def main(argv=None) -> dict:
     p.add_argument("--depth", type=int, default=None,
                    help="module depth to fold at (default: 1 for resnet18, 3 for transformer)")
     args = p.parse_args(argv)
-    return run(args.run_dir, models=args.models, formats=args.formats, depth=args.depth)
+    return run(args.run_dir, models=args.models, formats=args.formats, depth=args.depth,
+               overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,11 @@ import torch.nn.functional as F
 
 
 class Net(nn.Module):
-    """The seed's first network: two 5x5 convolutions with ReLU (1 -> 20 -> 20 channels)."""
+    """The seed's first network as printed: conv(1 -> 20, 5x5), ReLU, conv(20 -> 20, 5x5).
+
+    Like the seed, there is no ReLU after ``conv2``: the output is the raw convolution
+    (a linear layer's output, as a regression target in the seed's backward example).
+    """
 
     def __init__(self):
         super().__init__()
@@ -16,7 +20,7 @@ class Net(nn.Module):
 
     def forward(self, x):
         x = F.relu(self.conv1(x))
-        return F.relu(self.conv2(x))
+        return self.conv2(x)
 
 
 class LeNet5(nn.Module):
@@ -39,13 +43,32 @@ class LeNet5(nn.Module):
         return self.fc3(x)
 
 
-class SeedLeNet5(LeNet5):
-    """The seed's LeNet as printed: ``fc1 = Linear(16*5*5, 120)``. Wrong for 28x28 input
-    (that size needs a 32x32 input); kept to show what the doctor says about it."""
+class SeedLeNet5(nn.Module):
+    """The seed's LeNet as printed: ``fc1 = nn.Linear(16*5*5, 120)`` and ``x.view(-1, 16*5*5)``.
 
-    def __init__(self, num_classes: int = 10):
-        super().__init__(num_classes)
+    Right for 32x32 inputs (the original LeNet-5), wrong for 28x28 MNIST, where the
+    map before ``fc1`` is 16x4x4 = 256 per image. ``view(-1, 400)`` then either fails
+    (batch 64: 16,384 values are not a multiple of 400) or, worse, silently packs the
+    batch into fewer rows of 400 (batch 100 -> 64 rows that mix images). Kept as
+    printed to show what the doctor says; :class:`LeNet5` is the fixed network.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
         self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), (2, 2))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = x.view(-1, 16 * 5 * 5)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        x = self.fc3(x)
+        return x
 
 
 class LeNet5BN(nn.Module):

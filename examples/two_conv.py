@@ -1,6 +1,6 @@
-"""The seed's first network: two 5x5 convolutions with ReLU (1 -> 20 -> 20 channels).
+"""The seed's first network: conv(1 -> 20, 5x5), ReLU, conv(20 -> 20, 5x5), as printed.
 
-One forward pass on a random ``1x1x32x32`` input, traced and rendered: the
+Like the seed, there is no ReLU after ``conv2``. One forward pass on a random ``1x1x32x32`` input, traced and rendered: the
 computation graph autograd built (``graph.svg`` and ``graph.png``), with the
 module of each node as a cluster and tensor shapes on the edges.
 
@@ -11,10 +11,7 @@ Run::
 """
 from __future__ import annotations
 
-import os
-import sys
 import time
-
 
 import torch
 
@@ -25,12 +22,14 @@ from graphviz_autograd.examples.models import Net
 NAME = "two_conv"
 
 
-def run(run_dir: str = f"out/{NAME}", *, seed: int = 0, echo=print, formats=("svg", "png")) -> dict:
+def run(run_dir: str = f"out/{NAME}", *, seed: int = 0, echo=print, formats=("svg", "png"),
+        overwrite: bool = False) -> dict:
     """Trace ``Net`` on one input and render its graph.
 
     Returns:
         dict with ``graph``, ``output_shape``, ``files`` and ``trace_ms``.
     """
+    run_dir = common.fresh_dir(run_dir, overwrite, echo, "files")
     torch.manual_seed(seed)
     net = Net()
     x = torch.randn(1, 1, 32, 32)
@@ -53,7 +52,7 @@ def run(run_dir: str = f"out/{NAME}", *, seed: int = 0, echo=print, formats=("sv
 def main(argv=None) -> dict:
     """Command line entry point; see the module docstring."""
     args = common.parser(__doc__, run_dir=f"out/{NAME}", data=False).parse_args(argv)
-    return run(args.run_dir)
+    return run(args.run_dir, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

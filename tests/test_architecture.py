@@ -168,7 +168,9 @@ def test_arrows_point_one_way(layer):
 def test_torch_free_parts_and_the_dashboard_never_import_torch_at_module_level():
     torch_free = [n for n in MODULES if _layer(n) in ("graph", "store", "export", "dashboard")]
     torch_free += ["graphviz_autograd.diagnosis", "graphviz_autograd.diagnosis.findings",
-                   "graphviz_autograd.diagnosis.recorded", "graphviz_autograd.testing",
+                   "graphviz_autograd.diagnosis.recorded", "graphviz_autograd.diagnosis.scales",
+                   "graphviz_autograd.diagnosis.blocked", "graphviz_autograd.diagnosis.update_rules",
+                   "graphviz_autograd.testing",
                    "graphviz_autograd.testing.settings", "graphviz_autograd.pytest_plugin",
                    "graphviz_autograd.cli", "graphviz_autograd.errors"]
     code = ("import importlib, sys\n"

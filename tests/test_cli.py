@@ -88,6 +88,13 @@ def test_render_bad_spec_or_shape_is_one_clear_line(runner, args, expected):
         assert part in line, (part, line)
 
 
+def test_doctor_refuses_an_image_size_as_input_shape(runner):
+    result = runner.invoke(main, ["doctor", "graphviz_autograd.examples.models:LeNet5",
+                                  "--input-shape", "28x28"])
+    line = _one_line_error(result)
+    assert "input shape '28x28'" in line and "batch first" in line and "1,1,28,28" in line
+
+
 def test_every_command_has_help(runner):
     names = main.list_commands(None)
     assert set(names) >= {"render", "train", "demo", "dashboard", "doctor"}
@@ -119,6 +126,28 @@ def test_train_lenet_writes_a_run(runner, tmp_path, offline):
         assert run.meta["model"] == "LeNet5" and run.meta["every"] == 2
         assert {v.version for v in run.graph_versions()} == {1}
     assert (run_dir / "graph.svg").is_file() and (run_dir / "graph.png").is_file()
+
+
+def test_train_twice_into_one_run_dir_keeps_the_first_run(runner, tmp_path, offline):
+    run_dir = tmp_path / "runs" / "lenet"
+    args = ["train", "lenet", "--steps", "3", "--every", "1", "--run-dir", str(run_dir)]
+    first = runner.invoke(main, args)
+    assert first.exit_code == 0, first.output
+    store = run_dir / "rank-0.gva.sqlite"
+    before = (store.stat().st_mtime_ns, store.read_bytes())
+    second = runner.invoke(main, args[:3] + ["5"] + args[4:])
+    assert second.exit_code == 0, second.output
+    fresh = tmp_path / "runs" / "lenet-2"
+    assert f"{run_dir} already holds a run; writing to {fresh} instead" in second.output
+    assert "--overwrite" in second.output
+    assert (store.stat().st_mtime_ns, store.read_bytes()) == before       # first run intact
+    with ga.open_run(run_dir) as run, ga.open_run(fresh) as new:
+        assert run.loss().steps == [0, 1, 2] and new.loss().steps == [0, 1, 2, 3, 4]
+    third = runner.invoke(main, args[:3] + ["2"] + args[4:] + ["--overwrite"])
+    assert third.exit_code == 0 and "already holds" not in third.output
+    with ga.open_run(run_dir) as run:
+        assert run.loss().steps == [0, 1]                                 # replaced, as asked
+    assert not (tmp_path / "runs" / "lenet-3").exists()
 
 
 def test_train_dynamic_via_cli(runner, tmp_path, offline):
@@ -156,10 +185,17 @@ def test_demo_without_dashboard_trains_and_renders(runner, tmp_path, offline):
     run_dir = tmp_path / "runs" / "lenet"
     result = runner.invoke(main, ["demo", "--no-dashboard", "--steps", "3", "--run-dir", str(run_dir)])
     assert result.exit_code == 0, result.output
-    assert "images: " in result.output and "graphviz-autograd dashboard" in result.output
+    assert "images: " in result.output
+    assert result.output.count("graphviz-autograd dashboard") == 1         # said once
+    assert f"browse the run with: graphviz-autograd dashboard {run_dir.parent}" in result.output
     assert (run_dir / "graph.png").is_file()
     with ga.open_run(run_dir) as run:
         assert run.loss().steps == [0, 1, 2]
+    again = runner.invoke(main, ["demo", "--no-dashboard", "--steps", "2", "--run-dir", str(run_dir)])
+    assert again.exit_code == 0, again.output
+    assert f"writing to {run_dir}-2 instead" in again.output
+    with ga.open_run(run_dir) as run:
+        assert run.loss().steps == [0, 1, 2]                                # not replaced
 
 
 def _free_port() -> int:

@@ -36,6 +36,14 @@ def test_healthy_model_report():
     assert "gradient norm per layer" in out and "fc3" in out
 
 
+def test_report_counts_read_like_english():
+    case = zoo.make_dead_relu()
+    c = console()
+    run_doctor(case.model, case.inputs, target=case.target, console=c)
+    out = " ".join(text_of(c).split())
+    assert "1 error, 0 warnings" in out and "12 graph nodes" in out and "(s)" not in out
+
+
 def test_broken_model_report_and_highlighted_svg(tmp_path):
     case = zoo.make_seed_lenet()
     c = console()
@@ -78,6 +86,17 @@ def test_spec_from_package_and_from_file(tmp_path, monkeypatch):
     assert isinstance(load_model_spec("mynet.py:make"), torch.nn.Linear)
     with pytest.raises(ModelSpecError, match="NOT_A_MODEL.*not a class or function"):
         load_model_spec("mynet.py:NOT_A_MODEL")
+    with pytest.raises(ModelSpecError) as info:
+        load_model_spec("mynet.py:Nett")
+    assert str(info.value).endswith("it defines: Net, make")     # no torch, WIDTH, annotations
+
+
+def test_it_defines_lists_models_first_without_import_noise():
+    with pytest.raises(ModelSpecError) as info:
+        load_model_spec("graphviz_autograd.examples.models:Lenet")
+    listed = str(info.value).split("it defines: ")[1].split(", ")
+    assert "LeNet5" in listed and "SeedLeNet5" in listed and "Net" in listed
+    assert not {"F", "annotations", "nn", "torch"} & set(listed)
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -107,7 +126,7 @@ def test_spec_file_that_fails_to_import(tmp_path):
 
 # -- shapes and inputs ----------------------------------------------------------------------
 @pytest.mark.parametrize("text, shape", [
-    ("1,3,224,224", (1, 3, 224, 224)), ("2x3x32x32", (2, 3, 32, 32)),
+    ("1,3,224,224", (1, 3, 224, 224)), ("2 3 32 32", (2, 3, 32, 32)),
     (" (4, 10) ", (4, 10)), ("[8]", (8,)), ("1, 3,  28 ,28", (1, 3, 28, 28)),
 ])
 def test_parse_shape(text, shape):
@@ -118,6 +137,9 @@ def test_parse_shape(text, shape):
     ("", "is empty"), ("1,a,3", "'a' is not a positive integer"),
     ("1,0,3", "'0' is not a positive integer"), ("1,-3", "'-3' is not a positive integer"),
     ("1.5,2", "'1.5' is not a positive integer"),
+    ("28x28", r"batch first.*for 28x28 images write 1,1,28,28 \(one grey image\) or 1,3,28,28"),
+    ("2x3x32x32", r"expected the whole input shape.*write 2,3,32,32"),
+    ("28×28", r"1,1,28,28"),
 ])
 def test_parse_shape_errors(text, message):
     with pytest.raises(FormatError, match=message):
@@ -128,3 +150,15 @@ def test_make_inputs_is_deterministic():
     a, b = make_inputs([(2, 3), (4,)])
     assert a.shape == (2, 3) and b.shape == (4,)
     assert torch.equal(make_inputs([(2, 3)]), a)
+
+
+def test_doctor_on_zero_init_residual_is_healthy_with_a_note():
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(zero_init_residual=True, num_classes=10)
+    c = console()
+    d = run_doctor(model, torch.randn(2, 3, 32, 32), console=c)
+    out = " ".join(text_of(c).split())
+    assert exit_code(d) == 0 and "ResNet: healthy" in out and "0 errors, 0 warnings, 1 note" in out
+    assert "info vanishing" in out and "No problems found; the notes above are context." in out

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 import graphviz_autograd as ga
 from graphviz_autograd.examples import data as mnist_data
@@ -49,7 +48,10 @@ def test_two_conv_renders_the_graph_with_its_parameters(tmp_path):
     assert set(graph.params) == {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"}
     assert graph.params["conv2.weight"].outputs[0].shape == (20, 20, 5, 5)
     assert result["output_shape"] == (1, 20, 24, 24)
-    assert sorted(n.op for n in graph.by_kind("op")) == ["ConvolutionBackward0"] * 2 + ["ReluBackward0"] * 2
+    # as printed in the seed: ReLU after conv1 only
+    assert sorted(n.op for n in graph.by_kind("op")) == ["ConvolutionBackward0"] * 2 + ["ReluBackward0"]
+    (relu,) = [n for n in graph if n.op == "ReluBackward0"]
+    assert graph.node(graph.successors(relu.id)[0]).module == "conv2"
     svg, png = result["files"]
     assert _is_svg(svg) and _is_png(png) and "conv2.weight" in open(svg).read()
     assert any("wrote" in line and line.endswith("graph.png") for line in lines)
@@ -59,7 +61,22 @@ def test_two_conv_main_parses_argv(tmp_path):
     from graphviz_autograd.examples import two_conv
 
     result = two_conv.main(["--run-dir", str(tmp_path / "x")])
-    assert os.path.isfile(tmp_path / "x" / "graph.svg") and len(result["graph"]) == 9
+    assert os.path.isfile(tmp_path / "x" / "graph.svg") and len(result["graph"]) == 8
+
+
+def test_examples_never_replace_earlier_output(tmp_path):
+    from graphviz_autograd.examples import two_conv
+
+    first = two_conv.run(str(tmp_path / "out"), formats=("svg",), **quiet)
+    before = open(first["files"][0], encoding="utf-8").read()
+    lines: list[str] = []
+    second = two_conv.run(str(tmp_path / "out"), formats=("svg",), echo=lines.append)
+    assert os.path.dirname(second["files"][0]) == str(tmp_path / "out-2")
+    assert any("already holds files; writing to" in line and "out-2" in line and "--overwrite" in line
+               for line in lines)
+    assert open(first["files"][0], encoding="utf-8").read() == before        # untouched
+    third = two_conv.run(str(tmp_path / "out"), formats=("svg",), overwrite=True, **quiet)
+    assert os.path.dirname(third["files"][0]) == str(tmp_path / "out")
 
 
 def test_optimizers_write_three_runs_with_different_update_ratios(tmp_path):
@@ -81,6 +98,16 @@ def test_optimizers_write_three_runs_with_different_update_ratios(tmp_path):
     assert ratios[1] > 1.5 * ratios[0] and ratios[2] > 1.5 * ratios[1]   # clearly different
     assert any(line.startswith("Adam lr=0.001") for line in lines)     # the table
     assert any("conv1.bias.grad before backward: None" in line for line in lines)
+    # the update rules of SGD and momentum, the figure and where to compare the curves
+    assert "    w ← w − 0.01 · g" in lines and "    w ← w − 0.01 · b" in lines
+    assert any(line.startswith("    b ← 0.9 · b + g") for line in lines)
+    svg = open(result["figure"], encoding="utf-8").read()
+    assert result["figure"] == str(tmp_path / "loss.svg") and svg.count("<polyline") == 3
+    assert "SGD lr=0.01 momentum=0.9" in svg and "Adam lr=0.001" in svg
+    assert f"compare them in the dashboard: graphviz-autograd dashboard {tmp_path}" in lines
+    assert any("http://127.0.0.1:8050/?runs=sgd,momentum,adam" in line for line in lines)
+    with ga.open_run(result["runs"]["momentum"]) as run:
+        assert run.meta["optimizer_settings"]["momentum"] == 0.9
 
 
 def test_lenet_loss_decreases_and_run_is_recorded(tmp_path, mnist):
@@ -114,28 +141,41 @@ def test_seed_lenet_bug_is_explained_and_fixed(tmp_path):
     import io
 
     out = io.StringIO()
-    result = seed_lenet_bug.run(str(tmp_path), console=Console(file=out, width=100), **quiet)
-    assert "4x256 and 400x120" in result["error"]
+    lines: list[str] = []
+    result = seed_lenet_bug.run(str(tmp_path), console=Console(file=out, width=100), echo=lines.append)
+    # the errors a reader of the seed sees, with view as printed
+    assert result["error"] == "RuntimeError: shape '[-1, 400]' is invalid for input of size 16384"
+    assert result["silent"] == (64, 10)
+    assert "Expected input batch_size (64) to match target batch_size (100)" in result["loss_error"]
     d = result["diagnosis"]
     assert d is not None and not d.ok
-    assert d.by_kind("shape_error") and "16*4*4" in str(d)
-    assert "fc1" in out.getvalue()
-    assert _is_svg(result["files"][0])
-    assert result["fixed_shape"] == (4, 10) and result["padded_shape"] == (4, 10)
+    mix = d.by_kind("batch_mixing")[0]
+    assert mix.op == "view" and mix.source.startswith("models.py:") and "(100, 16, 4, 4)" in mix.title
+    assert "nn.Linear(256, 120)" in mix.hint and "x.flatten(1)" in mix.hint
+    text = " ".join(out.getvalue().split())
+    assert "error batch_mixing" in text and "(64, 400)" in text
+    assert _is_svg(result["files"][0]) and "ViewBackward0" in open(result["files"][0]).read()
+    assert result["fixed_shape"] == (100, 10) and result["padded_shape"] == (100, 10)
+    assert any("never view(-1, N)" in line for line in lines)
 
 
-def test_seed_lenet_bug_without_doctor_shows_partial_graph(tmp_path):
+def test_seed_lenet_bug_plain_text(tmp_path):
     from graphviz_autograd.examples import seed_lenet_bug
-    from graphviz_autograd.examples.models import SeedLeNet5
 
-    error, graph, name, shape = seed_lenet_bug.partial_graph(SeedLeNet5(), torch.randn(2, 1, 28, 28))
-    assert isinstance(error, RuntimeError) and name == "fc1" and shape == (2, 256)
-    assert set(graph.params) == {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"}
-    assert any(n.op.startswith("ViewBackward") for n in graph)     # the flatten that made 256
     lines: list[str] = []
     result = seed_lenet_bug.run(str(tmp_path), use_doctor=False, echo=lines.append)
-    assert result["diagnosis"] is None and _is_svg(result["files"][0])
-    assert any("failed in module `fc1`" in line for line in lines)
+    assert result["diagnosis"].by_kind("batch_mixing") and _is_svg(result["files"][0])
+    assert any(line.startswith("Diagnosis: 2 errors") for line in lines)
+
+
+def test_seed_lenet_is_the_seed_code():
+    import inspect
+
+    from graphviz_autograd.examples.models import SeedLeNet5
+
+    source = inspect.getsource(SeedLeNet5.forward)
+    assert "x = x.view(-1, 16 * 5 * 5)" in source and "flatten" not in source
+    assert SeedLeNet5().fc1.in_features == 400
 
 
 def _reaches(graph, src: str, dst: str, via: str) -> bool:
@@ -176,12 +216,32 @@ def test_variants_penalty_branch_is_in_the_graph(tmp_path, small):
     assert result["modes"] == {"differ_train": True, "same_eval": True}
 
 
-def test_variants_docstring_corrects_the_seed():
+def test_variants_correct_the_seed_where_the_reader_looks(tmp_path, small):
     from graphviz_autograd.examples import variants
 
     doc = variants.__doc__
     assert "nn.L1Loss" in doc and "nn.MSELoss" in doc and "They do not" in doc
     assert "CrossEntropyLoss" in doc and "weight_decay" in doc
+    lines: list[str] = []
+    result = variants.run(steps=3, run_dir=str(tmp_path), every=3, only=["weight_decay"], data=small,
+                          progress=False, echo=lines.append)
+    assert lines[0] == variants.SEED_CORRECTION and "They do not" in lines[0]
+    # a few steps leave the plain LeNet on the start plateau: said, with the way out
+    assert result["plateau"] == ["weight_decay"]
+    assert any("still on the start plateau after 3 steps" in line and "--steps" in line for line in lines)
+    readme = open(os.path.join(REPO, "examples", "README.md"), encoding="utf-8").read()
+    assert "nn.L1Loss" in readme and "do not implement" in readme
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_MNIST, reason="needs the shared MNIST split")
+def test_variants_leave_the_plateau_at_the_default_steps(tmp_path, mnist):
+    from graphviz_autograd.examples import variants
+
+    result = variants.run(run_dir=str(tmp_path), every=100, only=["weight_decay"], data=mnist,
+                          progress=False, **quiet)
+    assert result["plateau"] == []
+    assert all(r["test_accuracy"] > 0.85 for r in result["variants"].values()), result["variants"]
 
 
 def test_dynamic_records_several_graph_versions(tmp_path, small):

@@ -62,3 +62,17 @@ def test_healthy_run_has_no_findings(tmp_path):
     model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
     run = record(tmp_path, model)
     assert run_findings(run, 2) == []
+
+
+def test_recorded_severities_follow_diagnose(tmp_path):
+    model = Broken()
+    x = torch.randn(4, 8)
+    live = {f.kind.value: f.severity.value for f in ga.diagnose(model, inputs=x, loss_fn=lambda y: y.pow(2).mean()).findings}
+    run = record(tmp_path, model)
+    recorded = {f.kind.value: f for f in run_findings(run, 2)}
+    assert live["dead_units"] == recorded["dead_units"].severity.value == "error"
+    assert live["unused_parameter"] == recorded["unused_parameter"].severity.value == "error"
+    dead = recorded["dead_units"]
+    assert {"fc1.weight", "fc1.bias", "fc2.weight"} <= set(dead.params)   # what it starves
+    assert "param:fc1.weight" in dead.nodes and "no gradient through it" in dead.message
+    assert "zero_gradient" not in recorded                                # explained, not repeated

@@ -68,7 +68,8 @@ def test_round_trip(tmp_path):
         assert run.param_series("fc.weight", "param_norm").values == [3.0] * 5
         assert run.param_series("fc.bias", "param_norm") == Series([], [])  # NULL rows skipped
         assert run.node_series("op:AddmmBackward0:1", "grad_mean").values[-1] == -4.0
-        assert run.node_series("no-such-node") == Series([], [])
+        with pytest.raises(KeyError, match="no graph node 'no-such-node'"):
+            run.node_series("no-such-node")
         assert run.module_series("fc").values == [0.5] * 5
         assert run.module_series("fc", "act_sat_frac").steps == [0, 1, 2, 3, 4]
         assert run.stats_at(2, "param") == {"fc.weight": 2.5, "fc.bias": 2.25}
@@ -235,7 +236,8 @@ def test_reader_picks_up_new_keys(tmp_path):
     _write_steps(writer, [0], n_keys=1)
     run = open_run(tmp_path)
     assert run.keys("node") == ["n0"] and not run.has_key("node", "n5")
-    assert run.node_series("n5") == Series([], [])  # miss: cache refreshed, still unknown
+    with pytest.raises(KeyError, match="'n5'"):  # miss: cache refreshed, still unknown
+        run.node_series("n5")
     _write_steps(writer, [1], n_keys=6)
     assert run.has_key("node", "n5") and run.node_series("n5") == Series([1], [105.0])
     writer.close()

@@ -85,6 +85,53 @@ def test_failure_writes_artifacts_and_names_them(tmp_path):
     assert any(n["id"] == "param:2.weight" for n in json.load(open(js))["nodes"])
 
 
+def test_flow_fails_on_100_percent_dead_relus_naming_the_starved_parameters():
+    case = zoo.make_dead_relu()
+    d = ga.diagnose(case.model, inputs=case.inputs, target=case.target)
+    assert [f.kind.value for f in d.errors] == ["dead_units"]          # what diagnose reports
+    with pytest.raises(GradientFlowError) as info:
+        assert_gradients_flow(case.model, inputs=case.inputs, target=case.target)
+    text = " ".join(str(info.value).split())
+    assert text.startswith("gradients do not reach 3 of 4 trainable parameters of DeadMLP")
+    assert "[error] dead_units" in text and zoo.line_of("dead-relu") in text
+    assert "`fc1.weight`, `fc1.bias`, `fc2.weight` get an exactly zero gradient" in text
+    assert_gradients_flow(case.model, inputs=case.inputs, target=case.target, ignore=["fc*"])
+
+
+ALL_CASES = [name for name in dir(zoo) if name.startswith("make_")]
+KINDS = {assert_gradients_flow: {"unused_parameter", "zero_gradient", "dead_units", "batch_mixing",
+                                 "shape_error", "inplace_error"},
+         assert_finite_gradients: {"nonfinite_forward", "nonfinite_gradient", "nonfinite_loss",
+                                   "shape_error", "inplace_error"},
+         assert_no_vanishing_gradients: {"vanishing", "shape_error", "inplace_error"}}
+
+
+@pytest.mark.parametrize("make", ALL_CASES)
+def test_doctor_diagnose_and_assertions_agree(make):
+    from graphviz_autograd.cli.report import exit_code, run_doctor
+    from rich.console import Console
+    import io
+
+    case = getattr(zoo, make)()
+    kw = dict(inputs=case.inputs, target=case.target, loss_fn=case.loss_fn)
+    d = ga.diagnose(case.model, **kw)
+    doctor = run_doctor(case.model, case.inputs, target=case.target, loss_fn=case.loss_fn,
+                        console=Console(file=io.StringIO()))
+    assert exit_code(doctor) == (0 if d.ok else 1)
+    assert [(f.kind, f.severity) for f in doctor.findings] == [(f.kind, f.severity) for f in d.findings]
+    errors = {f.kind.value for f in d.errors}
+    for check, kinds in KINDS.items():
+        expected = errors & kinds
+        if expected:
+            with pytest.raises(GradientFlowError) as info:
+                check(case.model, **kw)
+            for kind in expected:                      # each failure names its findings
+                assert f"[error] {kind}:" in str(info.value)
+            assert "[warning]" not in str(info.value) and "[info]" not in str(info.value)
+        else:
+            check(case.model, **kw)
+
+
 # -- finite / vanishing --------------------------------------------------------------------
 def test_finite_names_the_backward_node_and_the_forward_op():
     case = zoo.make_sqrt_zero()
@@ -163,3 +210,16 @@ def test_tracker_records_and_reports_missing():
     assert not case.model.head.weight._backward_hooks           # removed on exit
     with pytest.raises(GradientFlowError, match="refine.0.weight"):
         tracker.assert_all_received()
+
+
+def test_tracker_counts_all_zero_gradients_as_none():
+    case = zoo.make_dead_relu()
+    with GradientTracker(case.model) as tracker:
+        for _ in range(2):
+            F.cross_entropy(case.model(case.inputs), case.target).backward()
+    assert tracker.missing() == [] and tracker.zero() == ["fc1.weight", "fc1.bias", "fc2.weight"]
+    with pytest.raises(GradientFlowError) as info:
+        tracker.assert_all_received()
+    text = str(info.value)
+    assert text.startswith("3 of 4 trainable parameters of DeadMLP while tracked: only got "
+                           "gradients that are exactly zero everywhere: fc1.weight, fc1.bias, fc2.weight")

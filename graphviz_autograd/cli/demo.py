@@ -107,7 +107,9 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=8050, show_default=True,
               help="Dashboard port.")
 @click.option("--no-dashboard", is_flag=True, help="Only train and render; do not serve the dashboard.")
-def demo(steps, epochs, run_dir, data_dir, every, host, port, no_dashboard):
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run in --run-dir (default: keep it and write to NAME-2, ...).")
+def demo(steps, epochs, run_dir, data_dir, every, host, port, no_dashboard, overwrite):
     """Train LeNet-5 on MNIST with the recorder while the dashboard follows it live.
 
     Writes the run and graph images (graph.svg, graph.png) into --run-dir and
@@ -115,6 +117,9 @@ def demo(steps, epochs, run_dir, data_dir, every, host, port, no_dashboard):
     $GVA_MNIST_DIR, torchvision's download, or else a synthetic digit set.
     Ctrl-C stops training and dashboard.
     """
+    from graphviz_autograd.examples._common import fresh_dir
+
+    run_dir = fresh_dir(run_dir, overwrite, click.echo)      # never replace a run silently
     runs_dir = os.path.dirname(os.path.abspath(run_dir))
     old_term = _exit_on_sigterm()
     log_path = os.path.join(runs_dir, f".dashboard-{port}.log")
@@ -132,7 +137,8 @@ def demo(steps, epochs, run_dir, data_dir, every, host, port, no_dashboard):
                 if proc is not None:
                     click.echo(f"dashboard: {url}  (follows the training live; Ctrl-C stops everything)")
         result = import_example("lenet_mnist").run(
-            epochs=epochs, steps=steps, run_dir=run_dir, data_dir=data_dir, every=every, echo=click.echo)
+            epochs=epochs, steps=steps, run_dir=run_dir, data_dir=data_dir, every=every,
+            echo=click.echo, overwrite=overwrite, browse_hint=False)
         training = False
         click.echo(f"images: {', '.join(result['files']) or '(none)'}")
         if proc is None or proc.poll() is not None:

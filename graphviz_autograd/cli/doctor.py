@@ -6,6 +6,7 @@ import sys
 import click
 
 from graphviz_autograd.cli.common import UserCodeError
+from graphviz_autograd.diagnosis.findings import quote
 from graphviz_autograd.errors import GraphvizAutogradError
 
 
@@ -15,7 +16,7 @@ from graphviz_autograd.errors import GraphvizAutogradError
               help="Shape of a random input batch, e.g. 1,1,28,28 (repeat for several inputs).")
 @click.option("--classes", type=int, default=None,
               help="Use cross-entropy against random labels in [0, CLASSES) as the loss "
-                   "(default: mean of squared outputs).")
+                   "(default: MSE against a fixed random target).")
 @click.option("--svg", default=None, help="Write the graph with the findings marked to this file.")
 def doctor(spec, input_shape, classes, svg):
     """Run SPEC once forward and backward and report why gradients would not flow.
@@ -38,6 +39,6 @@ def doctor(spec, input_shape, classes, svg):
         raise
     except Exception as exc:  # noqa: BLE001 - an error raised by the user's model, not a finding
         raise UserCodeError(f"running {spec} on inputs of shape {', '.join(map(str, shapes))} "
-                            f"failed with {type(exc).__name__}: {exc}. Fix the model, or check "
+                            f"failed with {type(exc).__name__}: {quote(str(exc))}. Fix the model, or check "
                             "--input-shape") from None
     sys.exit(exit_code(diagnosis))

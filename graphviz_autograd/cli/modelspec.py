@@ -55,11 +55,38 @@ def load_model_spec(spec: str):
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            names = [n for n in dir(module) if not n.startswith("_")][:12]
+            names = defined_names(module)
+            listed = (f"it defines: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''}"
+                      if names else "it defines no class or function of its own")
             raise ModelSpecError(f"model spec {spec!r}: {target!r} has no attribute {attr!r}; "
-                                 f"it defines: {', '.join(names)}")
+                                 f"{listed}")
         obj = getattr(obj, part)
     return _instantiate(spec, obj)
+
+
+def defined_names(module) -> list[str]:
+    """Public classes, functions and model instances defined in ``module`` itself (not imported:
+    no ``torch``, ``nn``, ``F`` or ``annotations``); ``nn.Module`` classes first.
+
+    Example:
+        >>> import graphviz_autograd.examples.models as m
+        >>> defined_names(m)[:2]
+        ['DynamicNet', 'LeNet5']
+    """
+    import types
+
+    nn_module = getattr(sys.modules.get("torch.nn"), "Module", None)
+    models, others = [], []
+    for name, obj in sorted(vars(module).items()):
+        if name.startswith("_") or isinstance(obj, types.ModuleType):
+            continue
+        if nn_module is not None and isinstance(obj, nn_module):
+            models.append(name)
+        elif isinstance(obj, (type, types.FunctionType)) and \
+                getattr(obj, "__module__", None) == module.__name__:
+            is_model = nn_module is not None and isinstance(obj, type) and issubclass(obj, nn_module)
+            (models if is_model else others).append(name)
+    return models + others
 
 
 def _import_file(spec: str, path: str):
@@ -106,26 +133,41 @@ def _instantiate(spec: str, obj):
     return model
 
 
+SHAPE_FORMAT = ("the whole input shape, batch first, sizes separated by commas (N,C,H,W for "
+                "images, e.g. 1,3,224,224; N,FEATURES for vectors)")
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
-    """``"1,3,224,224"`` (or ``1x3x224x224``, ``(1, 3, 224, 224)``) -> ``(1, 3, 224, 224)``.
+    """``"1,3,224,224"`` (or ``(1, 3, 224, 224)``) -> ``(1, 3, 224, 224)``.
+
+    ``28x28`` is refused: it reads like an image size, without the batch and channel
+    sizes the model's input needs.
 
     Raises:
-        FormatError: empty text, a part that is not a positive integer.
+        FormatError: empty text, ``x`` between sizes, a part that is not a positive integer;
+            the message says which format is expected.
 
     Example:
-        >>> parse_shape("2x3x32x32")
+        >>> parse_shape("2,3,32,32")
         (2, 3, 32, 32)
     """
     raw = str(text).strip().strip("()[]").strip()
-    parts = [p.strip() for p in re.split(r"[,x×\s]+", raw) if p.strip()]
+    if re.search(r"\d\s*[x×*]\s*\d", raw):
+        sizes = [p for p in re.split(r"\s*[x×*]\s*", raw) if p]
+        if len(sizes) == 2:
+            fix = (f"for {sizes[0]}x{sizes[1]} images write 1,1,{sizes[0]},{sizes[1]} (one grey "
+                   f"image) or 1,3,{sizes[0]},{sizes[1]} (one RGB image)")
+        else:
+            fix = f"write {','.join(sizes)}"
+        raise FormatError(f"input shape {text!r}: expected {SHAPE_FORMAT}; {fix}")
+    parts = [p.strip() for p in re.split(r"[,\s]+", raw) if p.strip()]
     if not parts:
-        raise FormatError(f"input shape {text!r} is empty; write the sizes separated by commas, "
-                          "e.g. 1,3,224,224")
+        raise FormatError(f"input shape {text!r} is empty; expected {SHAPE_FORMAT}")
     shape = []
     for p in parts:
         if not p.isdigit() or int(p) <= 0:
-            raise FormatError(f"input shape {text!r}: {p!r} is not a positive integer; write "
-                              "the sizes separated by commas, e.g. 1,3,224,224")
+            raise FormatError(f"input shape {text!r}: {p!r} is not a positive integer; "
+                              f"expected {SHAPE_FORMAT}")
         shape.append(int(p))
     return tuple(shape)
 

@@ -13,6 +13,8 @@ Example:
 """
 from __future__ import annotations
 
+from graphviz_autograd.diagnosis.findings import plural
+
 _STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 _FILL = {"error": "#ffd6d6", "warning": "#fff1c2"}
 
@@ -24,7 +26,7 @@ def run_doctor(model, inputs, *, target=None, svg=None, console=None, loss_fn=No
         model: the network (``nn.Module``).
         inputs: its input (a tensor, a tuple of tensors, or a dict of keyword inputs).
         target: optional target; with it the loss is cross-entropy (integer
-            target) or MSE (float target), without it the sum of the output.
+            target) or MSE (float target), without it MSE against a fixed random target.
         svg: path of an SVG (or .png/.pdf/.dot) of the graph with the nodes of
             every finding highlighted.
         console: a ``rich.console.Console`` (default: standard output).
@@ -41,7 +43,8 @@ def run_doctor(model, inputs, *, target=None, svg=None, console=None, loss_fn=No
     if svg:
         colors = {n: _FILL[f.severity.value] for f in reversed(d.findings)
                   for n in f.nodes if f.severity.value in _FILL and n in d.graph}
-        title = f"{type(model).__name__}: {len(d.errors)} error(s), {len(d.warnings)} warning(s)"
+        title = (f"{type(model).__name__}: {plural(len(d.errors), 'error')}, "
+                 f"{plural(len(d.warnings), 'warning')}")
         path = d.graph.render(svg, highlight=d.highlight, colors=colors, title=title)
         _console(console).print(f"graph with highlighted findings written to [bold]{path}[/]")
     return d
@@ -70,8 +73,11 @@ def print_report(diagnosis, console=None, title: str = "model") -> None:
     d = diagnosis
     status = "[bold green]healthy[/]" if d.ok else "[bold red]broken[/]"
     loss = f"loss {d.loss:.6g}" if d.loss is not None else "forward failed"
-    console.print(Panel(f"{escape(title)}: {status}  ({loss}; {len(d.graph)} graph nodes; "
-                        f"{len(d.errors)} error(s), {len(d.warnings)} warning(s))",
+    counts = f"{plural(len(d.errors), 'error')}, {plural(len(d.warnings), 'warning')}"
+    notes = len(d.findings) - len(d.errors) - len(d.warnings)
+    counts += f", {plural(notes, 'note')}" if notes else ""
+    console.print(Panel(f"{escape(title)}: {status}  ({loss}; {plural(len(d.graph), 'graph node')}; "
+                        f"{counts})",
                         title="graphviz-autograd doctor", expand=False))
     for f in d.findings:
         body = f"[bold]{escape(f.title)}[/]\n\n{escape(f.message)}"
@@ -99,6 +105,8 @@ def print_report(diagnosis, console=None, title: str = "model") -> None:
         console.print(table)
     for note in d.notes:
         console.print(f"[dim]note: {escape(note)}[/]")
-    if not d.findings:
+    if d.findings and not d.errors and not d.warnings:
+        console.print("[green]No problems found; the notes above are context.[/]")
+    elif not d.findings:
         console.print("[green]No problems found: every trainable parameter gets a finite, "
                       "non-vanishing gradient.[/]")

@@ -16,6 +16,7 @@ EXAMPLES = {
     "variants": ("variants", ("steps", "data_dir", "every")),
     "dynamic": ("dynamic", ("steps", "data_dir", "every")),
 }
+COMMON = ("run_dir", "overwrite")      # options every example takes
 
 
 def import_example(module: str):
@@ -26,10 +27,10 @@ def import_example(module: str):
 def _run_example(example: str, **options):
     module, accepted = EXAMPLES[example]
     given = {k: v for k, v in options.items() if v is not None}
-    extra = sorted(k for k in given if k != "run_dir" and k not in accepted)
+    extra = sorted(k for k in given if k not in COMMON and k not in accepted)
     if extra:
         flags = ", ".join("--" + k.replace("_", "-") for k in extra)
-        usable = ", ".join("--" + k.replace("_", "-") for k in ("run_dir",) + accepted)
+        usable = ", ".join("--" + k.replace("_", "-") for k in COMMON + accepted)
         raise click.UsageError(f"`train {example}` does not take {flags}; it accepts {usable}")
     return import_example(module).run(**given, echo=click.echo)
 
@@ -46,8 +47,14 @@ POSITIVE = click.IntRange(min=1)
               help="Folder with MNIST IDX files (default: $GVA_MNIST_DIR, torchvision's cache "
                    "or download, else synthetic digits).")
 @click.option("--every", type=POSITIVE, default=None, help="Record statistics every N steps.")
-def train(example, epochs, steps, run_dir, data_dir, every):
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run in --run-dir. Without it an existing run is kept and this "
+                   "one goes to a fresh directory next to it (runs/lenet-2, ...), which is said.")
+def train(example, epochs, steps, run_dir, data_dir, every, overwrite):
     """Train EXAMPLE with the recorder on, into a run directory the dashboard reads.
+
+    An existing run is never replaced silently: without --overwrite the new run
+    goes to NAME-2 (NAME-3, ...) and the command says so.
 
     \b
     lenet       LeNet-5 on MNIST (the seed's loop)
@@ -57,6 +64,7 @@ def train(example, epochs, steps, run_dir, data_dir, every):
 
     Example: graphviz-autograd train lenet --epochs 1 --run-dir runs/lenet
     """
-    _run_example(example, epochs=epochs, steps=steps, run_dir=run_dir, data_dir=data_dir, every=every)
+    _run_example(example, epochs=epochs, steps=steps, run_dir=run_dir, data_dir=data_dir, every=every,
+                 overwrite=overwrite)
 
 

@@ -1,10 +1,14 @@
 """Explain why a network does not learn: unused parameters and where their path
-breaks, NaN/Inf origins, vanishing/exploding gradients, dead/saturated units,
-shape errors and in-place errors.
+breaks, exactly-zero gradients, NaN/Inf origins, vanishing/exploding gradients (telling
+apart residual branches that start at zero by design), dead/saturated units, reshapes
+that mix the examples of a batch, shape errors and in-place errors.
 
 ``findings`` holds the plain result types (no torch; the dashboard reads them);
 ``core`` holds :func:`diagnose`, which runs the model under the watchers of
-``watch`` and ``backward``; ``recorded`` reads findings from a recorded run.
+``watch`` and ``backward``; ``batch`` explains batch mixing; ``scales``/``blocked``
+(no torch) and ``residual`` find what small scales and dead ReLUs cut off;
+``recorded`` reads findings from a recorded run; ``update_rules`` (no torch) words the
+optimizer's update of a parameter.
 Names are loaded on first use, so importing the finding types never imports torch.
 
 Example:

@@ -16,9 +16,9 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from graphviz_autograd.diagnosis import failures, flow, numeric
+from graphviz_autograd.diagnosis import batch, failures, flow, numeric, residual
 from graphviz_autograd.diagnosis.backward import BackwardWatch
-from graphviz_autograd.diagnosis.findings import Diagnosis, Finding, FindingKind, Severity
+from graphviz_autograd.diagnosis.findings import Diagnosis, Finding, FindingKind
 from graphviz_autograd.diagnosis.watch import ForwardWatch, ModuleOutputs
 from graphviz_autograd.errors import DiagnoseInputError, describe
 from graphviz_autograd.graph.model import Graph
@@ -55,7 +55,9 @@ def diagnose(model: torch.nn.Module, loss=None, *, inputs=None, loss_fn: Callabl
             of keyword inputs.
         loss_fn: ``loss_fn(output, target)`` (or ``loss_fn(output)`` without
             target). Default: cross-entropy for an integer target, MSE for a
-            float target, the sum of the output without target.
+            float target; without target, MSE against a fixed random target (not
+            the sum or the mean square of the output: those are constant for softmax
+            or LayerNorm outputs, whose gradients would then all be zero).
         target: the target passed to ``loss_fn``.
         vanish_ratio: a layer whose ``|grad| / |weights|`` is below this does not train.
         explode_norm: a layer whose gradient norm is above this explodes.
@@ -124,6 +126,17 @@ def _call(model, inputs):
     return model(inputs)
 
 
+def _batch_of(inputs) -> int | None:
+    """Examples in the model input: the leading size of its first tensor of 2+ dimensions
+    (0: no batch dimension; None: not known before the forward runs)."""
+    if inputs is None:
+        return None
+    for t in torch.utils._pytree.tree_leaves(inputs):
+        if isinstance(t, torch.Tensor):
+            return int(t.shape[0]) if t.dim() >= 2 else 0
+    return None
+
+
 def _make_loss(out, loss_fn, target):
     if loss_fn is not None:
         return loss_fn(out) if target is None else loss_fn(out, target)
@@ -136,7 +149,9 @@ def _make_loss(out, loss_fn, target):
     if not leaves:
         raise DiagnoseInputError(f"the model returned {describe(out)}, with no float tensor to "
                                  "build a loss from; pass loss_fn= (and target=)")
-    return sum(t.sum() for t in leaves)
+    gen = torch.Generator().manual_seed(0)
+    return sum(F.mse_loss(t, torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device))
+               for t in leaves)
 
 
 class _Run:
@@ -152,6 +167,7 @@ class _Run:
         self.outputs = ModuleOutputs()
         self.watch: ForwardWatch | None = None
         self.notes: list[str] = []
+        self.rerun = None                   # the forward + loss, when diagnose may run it again
 
     def release(self) -> None:
         self.bw.remove()
@@ -163,6 +179,9 @@ class _Run:
         return graph, node_ids
 
     def go(self, compute, loss, inputs) -> Diagnosis:
+        # only a forward diagnose made itself is run twice (a user's loss function may not
+        # be safe to call again: it could draw the next batch)
+        self.rerun = compute if inputs is not None else None
         if compute is not None:
             labels = dict(self.names)
             for i, t in enumerate(torch.utils._pytree.tree_leaves(inputs)):
@@ -173,7 +192,9 @@ class _Run:
                                                      on_output=self.outputs) as state:
                     self.calls = calls = state.tracker
                     self.watch = ForwardWatch(labels, lambda: calls.current,
-                                              check_values=self.opts["check_values"])
+                                              check_values=self.opts["check_values"],
+                                              batch=_batch_of(inputs),
+                                              in_model=lambda: bool(calls.stack))
                     with self.watch, eager():    # a compiled model runs its Python: watched, not traced
                         loss = compute()
             except (RuntimeError, ValueError) as exc:
@@ -198,7 +219,11 @@ class _Run:
         nodes = tuple(i for i in (node_ids.get(n) for n in pending.live_nodes) if i)
         params = tuple(f"param:{p}" for p in pending.finding.params if f"param:{p}" in graph)
         finding = dataclasses.replace(pending.finding, nodes=nodes + params)
-        return Diagnosis(findings=(finding,), graph=graph, loss=None, notes=tuple(self.notes))
+        mixes = batch.mixing_findings(self.watch, node_ids, self.model)
+        if mixes and finding.kind is FindingKind.SHAPE_ERROR:
+            finding = failures.after_mixing(finding, mixes[0])
+        return Diagnosis(findings=(*mixes, finding), graph=graph, loss=None,
+                         notes=tuple(self.notes))
 
     def _analyse(self, loss: torch.Tensor) -> Diagnosis:
         loss_value = float(loss.detach().double().sum()) if loss.numel() else None
@@ -238,18 +263,44 @@ class _Run:
             act = numeric.activation_findings(self.watch, idmap, self.model,
                                               self.opts["dead_fraction"],
                                               self.opts["saturated_fraction"])
-        findings.extend(act)
-        skip = set()
-        if any(f.kind is FindingKind.DEAD_UNITS and f.severity is Severity.ERROR for f in act):
-            skip = {s.module for s in layers if s.grad_norm == 0}   # explained by the dead units
-        if fwd is None and failed is None:
-            findings.extend(numeric.gradient_scale(layers, self.opts["vanish_ratio"],
-                                                   self.opts["explode_norm"],
-                                                   self.opts["vanish_chain"], skip, self.model))
+        findings.extend(batch.mixing_findings(self.watch, idmap, self.model))
+        if fwd is None and failed is None and loss.requires_grad:
+            gating = residual.Gating(graph, self.trainable, grads, act)
+            findings.extend(gating.findings)
+            act = gating.act
+            findings.extend(act)
+            scale = self._scale_findings(gating, layers, graph)
+            findings.extend(scale)
+        else:
+            findings.extend(act)
         findings = [_with_param_nodes(f, graph) for f in findings]
         findings.sort(key=lambda f: -f.severity.rank)
         return Diagnosis(findings=tuple(findings), graph=graph, loss=loss_value,
                          layers=tuple(layers), notes=tuple(self.notes))
+
+    def _scale_findings(self, gating, layers, graph: Graph) -> list[Finding]:
+        """Vanishing and exploding gradients; a vanishing that only small scales cause (they
+        vanish no more with the scales opened to 1) becomes part of the scales' note."""
+        def check(stats, skip=frozenset(), scaled=frozenset()):
+            return numeric.gradient_scale(stats, self.opts["vanish_ratio"],
+                                          self.opts["explode_norm"], self.opts["vanish_chain"],
+                                          set(skip) | gating.skip, self.model,
+                                          saturating=_saturating(graph), scaled=scaled)
+
+        checked, skip, scaled = gating.compensated(layers)
+        found = check(checked, skip, scaled)
+        vanishing = [f for f in found if f.kind is FindingKind.VANISHING]
+        if not vanishing or not gating.openable or self.rerun is None:
+            return found
+        opened = residual.opened_layers(self.model, self.trainable, self.rerun, gating.openable,
+                                        self.calls.order if self.calls is not None else {})
+        if opened is None:
+            return found
+        others = [f for f in found if f.kind is not FindingKind.VANISHING]
+        still = [f for f in check(opened, skip) if f.kind is FindingKind.VANISHING]
+        if still:                       # the scales' share left out: what remains is real
+            return others + [gating.measured_opened(f) for f in still]
+        return others + [gating.opened_note(vanishing[0])]
 
     def _gradients(self, loss, used: set[str], by_backward: bool = False):
         """``({name: grad or None}, in-place error message or None)``; ``.grad`` is not touched."""
@@ -291,6 +342,11 @@ def _hidden_params(graph: Graph) -> set[str]:
         names = dict(n.attrs).get("hidden_params", "")
         out.update(p.strip() for p in names.split(",") if p.strip())
     return out
+
+
+def _saturating(graph: Graph) -> bool:
+    """Whether the network has sigmoid/tanh (then the vanishing hint mentions them)."""
+    return any(n.op.startswith(("SigmoidBackward", "TanhBackward")) for n in graph.nodes)
 
 
 def _with_param_nodes(f: Finding, graph: Graph) -> Finding:

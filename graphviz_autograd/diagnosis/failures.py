@@ -6,12 +6,13 @@ Example (the seed LeNet on 28x28 images):
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
 import torch
 
-from graphviz_autograd.diagnosis.findings import Finding, FindingKind, Severity
+from graphviz_autograd.diagnosis.findings import Finding, FindingKind, Severity, quote
 from graphviz_autograd.diagnosis.flow import Pending
 from graphviz_autograd.live.nodes import forward_name, stale_saved
 from graphviz_autograd.live.walk import walk
@@ -50,7 +51,7 @@ def forward_failure(exc: BaseException, watch, calls, model: torch.nn.Module) ->
             FindingKind.INPLACE_ERROR, Severity.ERROR,
             f"`{op}`{_at(module, source)} writes in place into a tensor autograd must keep",
             f"The forward failed: `{op}`{_at(module, source)} modifies in place a tensor that "
-            f"autograd needs unchanged. torch says: {text}",
+            f"autograd needs unchanged. torch says: {quote(text)}.",
             "Use the out-of-place op (x = x.relu() instead of x.relu_()), .clone() first, or wrap "
             "deliberate parameter updates in torch.no_grad().",
             module=module, source=source, op=op), live, roots)
@@ -63,6 +64,20 @@ def forward_failure(exc: BaseException, watch, calls, model: torch.nn.Module) ->
     return Pending(Finding(FindingKind.SHAPE_ERROR, Severity.ERROR, title, message, hint,
                            params=nodes_params, module=module, source=source,
                            op=fail.op if fail is not None else ""), live, roots)
+
+
+def _short(text: str, limit: int = 90) -> str:
+    return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."
+
+
+def after_mixing(finding: Finding, mix: Finding) -> Finding:
+    """A shape error that follows from batch mixing says so (the mixing is the cause)."""
+    rows, n = int(mix.value("rows", 0)), int(mix.value("batch", 0))
+    where = f" at {mix.source}" if mix.source else ""
+    return dataclasses.replace(
+        finding, message=finding.message + f" This follows from `{mix.op}`{where}, which turned "
+        f"the batch of {n} examples into {rows} rows (see the batch_mixing finding).",
+        hint=mix.hint)
 
 
 def _module(model, path):
@@ -78,8 +93,9 @@ def _explain_shape(fail, sub, module, source, text, watch, model):
     if fail is not None and fail.operands:
         operands = " Operand shapes: " + ", ".join(f"{label} {shape}" for label, shape in
                                                   fail.operands[:4]) + "."
-    generic = (f"The forward failed at `{fail.op if fail else '?'}`{at}: {text}.{operands}",
-               f"shape mismatch{at}: {text[:80]}",
+    op = f" at `{fail.op}`" if fail is not None and not source else ""
+    generic = (f"The forward failed at `{fail.op if fail else '?'}`{at}: {quote(text)}.{operands}",
+               f"shape mismatch{op}{at}: {_short(quote(text))}",
                "Compare the operand shapes above with what the layer was built for; print the "
                "shapes just before this line.")
     if fail is None or not fail.tensors:
@@ -130,10 +146,14 @@ def _explain_shape(fail, sub, module, source, text, watch, model):
         want_text = f", not {_factor(wanted, tuple(x.shape))}{target}" if wanted else ""
         message = (f"`{fail.op}`{at} cannot reshape a tensor of shape {tuple(x.shape)}: it holds "
                    f"{per_example} = {_expr(x.shape[1:])} values per example"
-                   f"{want_text}. torch says: {text}")
+                   f"{want_text}. torch says: {quote(text)}.")
         return (message, f"shape mismatch at `{fail.op}`{' (' + source + ')' if source else ''}: "
                          f"{per_example} values per example{want_text}",
-                "Use torch.flatten(x, 1) and set the next layer's in_features to the printed size.")
+                f"Keep the batch dimension and flatten the rest: x = x.flatten(1) or "
+                f"x = x.view(x.size(0), -1), which gives {per_example} features per example; "
+                + (f"then `{linears[0]}` needs nn.Linear({per_example}, "
+                   f"{model.get_submodule(linears[0]).out_features})." if linears else
+                   "then set the next layer's in_features to that size."))
     return generic
 
 
@@ -194,7 +214,7 @@ def inplace_backward(error: str, loss, watch, idmap, op_names) -> Finding:
         parts.append("an in-place op modified it afterwards (pass inputs= or a function computing "
                      "the loss to diagnose, so the forward is watched and the op can be named)")
     message = ("Backward failed: " + "; ".join(parts) + producer_text + ". Backward needs the "
-               f"original values. torch says: {text}")
+               f"original values. torch says: {quote(text)}.")
     src = write.source if write is not None else ""
     title = (f"in-place `{write.op}`{_at(write.module, write.source)} overwrote a tensor saved for "
              "backward" if write is not None else "a tensor saved for backward was modified in place")

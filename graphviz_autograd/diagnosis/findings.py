@@ -35,10 +35,17 @@ class FindingKind(str, enum.Enum):
     SATURATED_UNITS = "saturated_units"
     SHAPE_ERROR = "shape_error"
     INPLACE_ERROR = "inplace_error"
+    BATCH_MIXING = "batch_mixing"
+    ZERO_GRADIENT = "zero_gradient"
 
 
 class Severity(str, enum.Enum):
-    """``error``: training is broken. ``warning``: likely hurts. ``info``: context."""
+    """``error``: training is broken. ``warning``: likely hurts. ``info``: context.
+
+    The one scale of the library: ``ga.diagnose``, the ``doctor`` (exit code 1 on an
+    error), the ``testing`` assertions (each fails on the errors of its kinds) and
+    the findings read from a recorded run all use it.
+    """
 
     INFO = "info"
     WARNING = "warning"
@@ -47,6 +54,16 @@ class Severity(str, enum.Enum):
     @property
     def rank(self) -> int:
         return {"info": 0, "warning": 1, "error": 2}[self.value]
+
+
+def plural(n: int, word: str) -> str:
+    """``plural(1, "node")`` -> ``"1 node"``; ``plural(3, "node")`` -> ``"3 nodes"``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def quote(text: str) -> str:
+    """A message quoted from torch, without its final period (we add our own)."""
+    return text.strip().rstrip(".")
 
 
 @dataclass(frozen=True)
@@ -190,15 +207,15 @@ class Diagnosis:
         if not self.findings:
             head += "no problems found"
         else:
-            parts = [f"{errors} error{'s' * (errors != 1)}", f"{warnings} warning{'s' * (warnings != 1)}"]
+            parts = [plural(errors, "error"), plural(warnings, "warning")]
             infos = len(self.findings) - errors - warnings
             if infos:
-                parts.append(f"{infos} note{'s' * (infos != 1)}")
+                parts.append(plural(infos, "note"))
             head += ", ".join(parts)
         extra = []
         if self.loss is not None:
             extra.append(f"loss = {self.loss:.6g}")
-        extra.append(f"graph: {len(self.graph)} nodes")
+        extra.append(f"graph: {plural(len(self.graph), 'node')}")
         lines = [f"{head} ({'; '.join(extra)})"]
         lines.extend(str(f) for f in self.findings)
         lines.extend(f"note: {n}" for n in self.notes)

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from graphviz_autograd.diagnosis.findings import Finding, FindingKind, LayerStats, Severity
+from graphviz_autograd.diagnosis.findings import Finding, FindingKind, LayerStats, Severity, plural
 from graphviz_autograd.live.nodes import forward_name
 from graphviz_autograd.diagnosis.watch import tag
 
@@ -152,22 +152,28 @@ def layer_stats(model: torch.nn.Module, grads: dict, order: dict[str, int]) -> l
 
 
 def gradient_scale(layers: list[LayerStats], vanish_ratio: float, explode_norm: float,
-                   vanish_chain: float, skip=(), model: torch.nn.Module | None = None
-                   ) -> list[Finding]:
-    """Vanishing (per layer and along a chain of layers) and exploding gradients."""
+                   vanish_chain: float, skip=(), model: torch.nn.Module | None = None,
+                   saturating: bool = True, scaled=()) -> list[Finding]:
+    """Vanishing (per layer and along a chain of layers) and exploding gradients.
+
+    ``skip``: modules whose small gradient is explained elsewhere (dead ReLUs, a zero
+    scale). ``saturating``: the network has sigmoid/tanh (the hint then names them).
+    ``scaled``: modules whose norms were divided by a small scale on their way to the loss
+    (they are never the reference a chain's decay is measured from).
+    """
     ok = [s for s in layers if not s.nonfinite and s.module not in skip]
     findings = []
     weak = [s for s in ok if s.ratio < vanish_ratio]
-    chain = _chain(ok, vanish_chain)
+    chain = _chain(ok, vanish_chain, set(scaled))
     if chain is not None or weak:
-        findings.append(_vanishing(ok, weak, chain, vanish_ratio))
+        findings.append(_vanishing(ok, weak, chain, vanish_ratio, saturating))
     big = [s for s in ok if s.grad_norm > explode_norm]
     if big:
         listed = ", ".join(f"`{s.module or '(root)'}` {s.grad_norm:.2g} (x{s.ratio:.2g} its weights)"
                            for s in big[:6])
         findings.append(Finding(
             FindingKind.EXPLODING, Severity.ERROR,
-            f"exploding gradients in {len(big)} layer(s), up to {max(s.grad_norm for s in big):.2g}",
+            f"exploding gradients in {plural(len(big), 'layer')}, up to {max(s.grad_norm for s in big):.2g}",
             f"Gradient norms above explode_norm={explode_norm:g}: {listed}. One SGD step with "
             f"lr=1e-3 would change these weights by up to {1e-3 * max(s.ratio for s in big):.0%} "
             f"of their size.{_init_scale(model, [s.module for s in big])}",
@@ -196,8 +202,9 @@ def _init_scale(model, modules) -> str:
             + ".") if parts else ""
 
 
-def _chain(layers: list[LayerStats], factor: float):
-    """``(weak, strong)``: a layer whose grad norm is below ``factor`` times a later layer's."""
+def _chain(layers: list[LayerStats], factor: float, scaled=frozenset()):
+    """``(weak, strong)``: a layer whose grad norm is below ``factor`` times a later layer's
+    (layers in ``scaled`` are not used as the later layer)."""
     best = None
     strongest = None
     for s in reversed(layers):
@@ -205,17 +212,18 @@ def _chain(layers: list[LayerStats], factor: float):
             decay = s.grad_norm / strongest.grad_norm
             if decay < factor and (best is None or decay < best[0]):
                 best = (decay, s, strongest)
-        if s.grad_norm > 0 and (strongest is None or s.grad_norm > strongest.grad_norm):
+        if s.grad_norm > 0 and s.module not in scaled and (
+                strongest is None or s.grad_norm > strongest.grad_norm):
             strongest = s
     return None if best is None else best[1:]
 
 
-def _vanishing(layers, weak, chain, vanish_ratio) -> Finding:
+def _vanishing(layers, weak, chain, vanish_ratio, saturating: bool = True) -> Finding:
     def fmt(s):
         return f"`{s.module or '(root)'}` {s.grad_norm:.2g}"
 
-    severity = Severity.ERROR if weak else Severity.WARNING
-    weak_text = (f" {len(weak)} layer(s) have gradients below vanish_ratio={vanish_ratio:g} of "
+    severity = Severity.ERROR
+    weak_text = (f" {plural(len(weak), 'layer')} {'has a gradient' if len(weak) == 1 else 'have gradients'} below vanish_ratio={vanish_ratio:g} of "
                  f"their weights (they effectively do not train): "
                  + ", ".join(f"`{s.module}` {s.ratio:.2g}" for s in weak[:6])
                  + (f" and {len(weak) - 6} more" if len(weak) > 6 else "") + ".") if weak else ""
@@ -234,12 +242,18 @@ def _vanishing(layers, weak, chain, vanish_ratio) -> Finding:
                    f"{math.log10(factor):.0f} orders of magnitude ({trail}).{weak_text}")
         modules = (lo.module, hi.module)
     else:
-        title = f"vanishing gradients in {len(weak)} layer(s)"
+        title = f"vanishing gradients in {plural(len(weak), 'layer')}"
         message = weak_text.strip()
         modules = (weak[0].module,)
-    hint = ("Saturating activations (sigmoid/tanh) in a deep stack multiply the gradient by < 0.25 "
-            "per layer: use ReLU/GELU, normalisation (BatchNorm/LayerNorm), residual connections "
-            "or a better initialisation; check for a tiny loss scale.")
+    if saturating:
+        hint = ("Saturating activations (sigmoid/tanh) in a deep stack multiply the gradient by "
+                "< 0.25 per layer: use ReLU/GELU, normalisation (BatchNorm/LayerNorm), residual "
+                "connections or a better initialisation; check for a tiny loss scale.")
+    else:
+        hint = ("Check the initialisation of the layers in between (weights far below the "
+                "He/Xavier scale shrink the gradient at every layer), add normalisation "
+                "(BatchNorm/LayerNorm) or residual connections, and check for a tiny loss scale "
+                "or a multiplication by a very small constant.")
     return Finding(FindingKind.VANISHING, severity, title, message, hint, module=modules[0],
                    values=(("min_ratio", min((s.ratio for s in layers), default=0.0)),))
 
@@ -271,8 +285,9 @@ def activation_findings(watch, idmap: dict, model: torch.nn.Module, dead_fractio
                     "-1 or 1") + " for every example (their local gradient is below 1e-3)"
             hint = ("Inputs to the activation are too large: check the scale of the layer feeding "
                     "it (initialisation, missing normalisation) and the learning rate.")
-        message = (f"{k} of {act.units} units ({frac:.0%}) after `{act.op}`{where} {what}, so almost "
-                   f"no gradient flows back through them.{feeder}")
+        message = (f"{k} of {act.units} units ({frac:.0%}) after `{act.op}`{where} {what}, so "
+                   f"{'no' if frac >= 1.0 else 'almost no'} gradient flows back through them."
+                   f"{feeder}")
         severity = Severity.ERROR if frac >= 1.0 and act.units > 1 else Severity.WARNING
         out.append(Finding(kind, severity, f"{frac:.0%} of units after `{act.op}`{where} are "
                            f"{'dead' if act.kind == 'relu' else 'saturated'}", message, hint,

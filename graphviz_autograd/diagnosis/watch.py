@@ -36,7 +36,10 @@ _PY_EXITS = {"item", "tolist", "numpy", "__float__", "__int__", "__index__"}
 _ACTIVATIONS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid",
                 "tanh": "tanh", "tanh_": "tanh"}
 _VIEWS = {"flatten", "view", "reshape", "contiguous"}
+_RESHAPES = {"flatten", "view", "reshape"}
+_LINEAR = {"linear", "matmul", "mm", "addmm"}
 MAX_CUTS = 500
+MAX_MIXES = 8
 
 
 def tag(node) -> tuple[str, str]:
@@ -72,6 +75,13 @@ def finite(t: torch.Tensor) -> bool:
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(int(d) for d in t.shape)
+
+
+def _product(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 @dataclass
@@ -133,6 +143,23 @@ class Activation:
 
 
 @dataclass
+class BatchMix:
+    """A view/reshape/flatten whose rows cut across the examples of the batch."""
+
+    order: int
+    op: str
+    source: str
+    module: str
+    before: tuple[int, ...]
+    after: tuple[int, ...]
+    batch: int
+    node: object                        # grad_fn of the result (None without grad)
+    result: object = None               # weakref to the result, to see who consumes it
+    consumer: str = ""                  # module of the first linear layer fed by the result
+    consumer_weight: tuple[int, ...] = ()
+
+
+@dataclass
 class OpFailure:
     op: str
     source: str
@@ -152,11 +179,15 @@ class ForwardWatch(TorchFunctionMode):
         check_values: also check results for NaN/Inf and collect activation stats.
     """
 
-    def __init__(self, param_names: dict[int, str], modules=None, check_values: bool = True):
+    def __init__(self, param_names: dict[int, str], modules=None, check_values: bool = True,
+                 batch: int | None = None, in_model=None):
         super().__init__()
         self.param_names = param_names
         self.current_module = modules or (lambda: "")
         self.check_values = check_values
+        self.batch = batch                 # examples in the model input (None: not known yet)
+        self.in_model = in_model           # () -> whether the model's forward is running
+        self.mixes: list[BatchMix] = []
         self.order = 0
         self.cuts: list[Cut] = []
         self.writes: list[InplaceWrite] = []
@@ -209,8 +240,14 @@ class ForwardWatch(TorchFunctionMode):
         if grad_in and len(self.cuts) < MAX_CUTS and not any(t.requires_grad for t in outs):
             if outs or name in _PY_EXITS:
                 self._record_cut(name, grad_in, outs, mode)
+        if self.batch is None and inputs and self.in_model is not None and self.in_model():
+            self._guess_batch(inputs)
         if name in _VIEWS and outs and inputs:
             self.views.append((weakref.ref(outs[0]), name, _shape(inputs[0]), _shape(outs[0]), where()))
+            if name in _RESHAPES and len(self.mixes) < MAX_MIXES:
+                self._check_batch(name, inputs[0], outs[0])
+        elif self.mixes and name in _LINEAR and len(inputs) >= 2:
+            self._note_consumer(inputs)
         if not self.check_values:
             return
         kind = _ACTIVATIONS.get(name)
@@ -239,6 +276,35 @@ class ForwardWatch(TorchFunctionMode):
         leaves = {id(t) for t in grad_in if t.grad_fn is None}
         self.cuts.append(Cut(self.order, name, reason, where(), self.current_module(), nodes,
                              leaves, list(grad_in), str(outs[0].dtype).replace("torch.", "") if outs else ""))
+
+    def _guess_batch(self, inputs) -> None:
+        """The batch size is the leading size of the first non-parameter operand the model's
+        forward uses (when diagnose was not given the inputs)."""
+        for t in inputs:
+            if self.param_names.get(id(t), "inputs[").startswith("inputs["):
+                self.batch = int(t.shape[0]) if t.dim() >= 2 else 0
+                return
+
+    def _check_batch(self, name, x, y) -> None:
+        """Record ``x -> y`` when ``x`` holds the batch and the rows of ``y`` cut across examples.
+
+        Rows that stay inside one example (``(B, T, V) -> (B*T, V)``) are fine; a ``-1`` that
+        absorbed part of the batch (``(100, 16, 4, 4) -> (64, 400)``) mixes examples.
+        """
+        n = self.batch
+        if not n or n < 2 or x.dim() < 2 or y.dim() < 2 or x.shape[0] != n or y.shape[0] == n:
+            return
+        per_example, per_row = _product(x.shape[1:]), _product(y.shape[1:])
+        if per_row and per_example % per_row == 0:
+            return
+        self.mixes.append(BatchMix(self.order, name, where(), self.current_module(), _shape(x),
+                                   _shape(y), n, y.grad_fn, weakref.ref(y)))
+
+    def _note_consumer(self, inputs) -> None:
+        for mix in self.mixes:
+            if not mix.consumer and mix.result is not None and mix.result() is inputs[0]:
+                mix.consumer = self.current_module() or self.param_names.get(id(inputs[1]), "")
+                mix.consumer_weight = _shape(inputs[1])
 
     def _record_write(self, name, t, version, kwargs, producer) -> None:
         op = f"{name}(inplace=True)" if kwargs.get("inplace") and not name.endswith("_") else name

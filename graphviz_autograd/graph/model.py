@@ -249,7 +249,8 @@ class Graph:
         for n in self.nodes:
             counts[n.kind.value] = counts.get(n.kind.value, 0) + 1
         parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-        return f"Graph({len(self.nodes)} nodes: {parts}; {len(self.edges)} edges)"
+        n, e = len(self.nodes), len(self.edges)
+        return f"Graph({n} node{'' if n == 1 else 's'}: {parts}; {e} edge{'' if e == 1 else 's'})"
 
     def __repr__(self) -> str:
         return self.summary()

@@ -488,5 +488,8 @@ def _run_meta(rec: Recorder, extra: dict | None) -> dict:
             "graphviz_autograd": __version__, "stats": "native" if stats.NATIVE is not None else "numpy",
             "optimizer": type(rec.optimizer).__name__ if rec.optimizer is not None else None,
             "compiled": rec._compiled}
+    if rec.optimizer is not None:       # numbers for the update rule the dashboard shows
+        meta["optimizer_settings"] = {k: v for k, v in rec.optimizer.defaults.items()
+                                      if isinstance(v, (int, float, str, bool)) and v is not None}
     meta.update(extra or {})
     return meta

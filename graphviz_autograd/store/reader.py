@@ -15,12 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from graphviz_autograd.errors import StoreError
+from graphviz_autograd.errors import GraphvizAutogradError, StoreError
 from graphviz_autograd.graph.model import Graph
 from graphviz_autograd.graph.serialize import from_json
 from graphviz_autograd.store import chunks
-from graphviz_autograd.store.schema import (BUSY_TIMEOUT_S, STORE_GLOB, GraphVersion, Incident, Series,
-                                            check_kind, check_stat, check_store, Closing,
+from graphviz_autograd.store.schema import (BUSY_TIMEOUT_S, STATS, STORE_GLOB, GraphVersion,
+                                            Incident, Series, check_kind, check_stat, check_store, Closing,
                                             decode)
 
 
@@ -183,10 +183,17 @@ class RankReader(Closing):
         return self._key_id(kind, name) is not None
 
     def _stat_series(self, kind: str, name: str, stat: str) -> Series:
-        column = check_stat(stat)
+        try:
+            column = check_stat(stat)
+        except StoreError as exc:
+            raise UnknownSeriesError(f"{exc}{_close(stat, STATS, listed=True)}") from None
         key_id = self._key_id(kind, name)
         if key_id is None:
-            return Series([], [])
+            known = self._known_names(kind)
+            if name not in known:
+                what = {"node": "graph node", "param": "parameter", "module": "module"}[kind]
+                raise UnknownSeriesError(f"no {what} {name!r} in {self.file}{_close(name, known)}")
+            return Series([], [])         # in the graph, no statistics recorded (yet)
         if not self._chunked:       # schema 1: one row per key and step
             return _to_series(self._fetch(f"SELECT step, {column} FROM stats WHERE key_id = ? "
                                           f"AND {column} IS NOT NULL ORDER BY step", (key_id,)))
@@ -194,16 +201,48 @@ class RankReader(Closing):
             f"SELECT steps, {column} FROM chunks WHERE key_id = ? AND {column} IS NOT NULL "
             f"ORDER BY first_step", (key_id,))))
 
+    def _known_names(self, kind: str) -> list[str]:
+        """Names of ``kind`` the run knows: recorded keys, and every graph version's nodes
+        (node ids), parameters or module paths (and their parents)."""
+        names = dict.fromkeys(self.keys(kind))
+        for version in self.graph_versions():
+            try:
+                graph = self.graph(version.version)
+            except GraphvizAutogradError:      # a damaged graph names nothing
+                continue
+            if kind == "node":
+                names.update(dict.fromkeys(n.id for n in graph.nodes))
+            elif kind == "param":
+                names.update(dict.fromkeys(graph.params))
+            else:
+                for path in graph.modules():
+                    parts = path.split(".")
+                    names.update(dict.fromkeys(".".join(parts[:i + 1]) for i in range(len(parts))))
+        return list(names)
+
     def node_series(self, node_id: str, stat: str = "grad_norm") -> Series:
-        """``stat`` of graph node ``node_id`` by step (empty for an unknown node)."""
+        """``stat`` of graph node ``node_id`` by step.
+
+        Any id of the run's graphs works, including a parameter's (``param:fc1.weight``,
+        the same series as ``param_series("fc1.weight")``); a node without recorded
+        statistics gives an empty series.
+
+        Raises:
+            KeyError: (an ``UnknownSeriesError``) ``node_id`` is in no graph of the run, or
+                ``stat`` is not a statistic; the message names close matches.
+        """
+        if node_id.startswith("param:") and self._key_id("node", node_id) is None:
+            return self._stat_series("param", node_id[len("param:"):], stat)
         return self._stat_series("node", node_id, stat)
 
     def param_series(self, name: str, stat: str = "grad_norm") -> Series:
-        """``stat`` of parameter ``name`` by step."""
+        """``stat`` of parameter ``name`` (e.g. ``fc1.weight``) by step; KeyError for an
+        unknown parameter or statistic (naming close matches)."""
         return self._stat_series("param", name, stat)
 
     def module_series(self, name: str, stat: str = "act_mean") -> Series:
-        """``stat`` of module ``name`` by step."""
+        """``stat`` of module ``name`` by step (empty when the module has no statistics);
+        KeyError for a module in no graph of the run, or an unknown statistic."""
         return self._stat_series("module", name, stat)
 
     def stats_at(self, step: int, kind: str = "node", stat: str = "grad_norm") -> dict[str, float]:
@@ -292,6 +331,30 @@ class RankReader(Closing):
         """Close the connection."""
         with self._lock:
             self._conn.close()
+
+
+class UnknownSeriesError(StoreError, KeyError):
+    """A series asked for by a node id, parameter, module or statistic the run does not have."""
+
+    __str__ = StoreError.__str__          # the message, not KeyError's quoted repr
+
+
+def _close(name: str, known, listed: bool = False) -> str:
+    """``"; did you mean 'fc1.weight'?"`` (close matches among ``known``), or the valid names
+    (nothing more when the caller's message ``listed`` them already)."""
+    import difflib
+
+    known = list(known)
+    matches = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    if not matches:
+        matches = [k for k in known if name in k or k in name][:3]
+    if matches:
+        return "; did you mean " + " or ".join(repr(m) for m in matches) + "?"
+    if listed:
+        return ""
+    if not known:
+        return "; the run has none recorded yet"
+    return "; known: " + ", ".join(repr(k) for k in known[:8]) + (", ..." if len(known) > 8 else "")
 
 
 def _to_series(rows: list[tuple]) -> Series:

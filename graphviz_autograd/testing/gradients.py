@@ -20,13 +20,24 @@ from typing import Iterable
 from graphviz_autograd.errors import DiagnoseInputError, GradientFlowError, RenderError
 from graphviz_autograd.testing.settings import settings
 
-_FLOW = ("unused_parameter", "shape_error", "inplace_error")
-_FINITE = ("nonfinite_forward", "nonfinite_gradient", "shape_error", "inplace_error")
-_VANISH = ("vanishing", "shape_error", "inplace_error")
+# The finding kinds each assertion fails on (error severity only, as the doctor's exit code):
+# the kinds it is about, plus the failures that stop a gradient from being computed at all.
+_STOPS = ("shape_error", "inplace_error")
+_FLOW = ("unused_parameter", "zero_gradient", "dead_units", "batch_mixing") + _STOPS
+_FINITE = ("nonfinite_forward", "nonfinite_gradient", "nonfinite_loss") + _STOPS
+_VANISH = ("vanishing",) + _STOPS
+_NO_GRADIENT = ("unused_parameter", "zero_gradient", "dead_units")
 
 def assert_gradients_flow(model, loss=None, *, inputs=None, target=None, loss_fn=None,
                           ignore: Iterable[str] = (), artifacts=None):
     """Assert every trainable parameter of ``model`` gets a gradient from ``loss``.
+
+    Fails on the error-level findings of :func:`~graphviz_autograd.diagnose` about
+    gradient flow: ``unused_parameter`` (no path to the loss), ``zero_gradient`` and
+    ``dead_units`` (a gradient that is exactly zero everywhere is no gradient),
+    ``batch_mixing`` (a reshape mixes the examples of the batch), and a forward or
+    backward that fails (``shape_error``, ``inplace_error``). The doctor reports the
+    same findings with the same severities.
 
     Args:
         model: the network.
@@ -52,8 +63,8 @@ def assert_gradients_flow(model, loss=None, *, inputs=None, target=None, loss_fn
     d = _diagnose(model, loss, inputs, target, loss_fn, _FLOW)
     patterns = tuple(ignore)
     bad = []
-    for f in d.findings:
-        if f.kind.value == "unused_parameter":
+    for f in _errors(d):
+        if f.kind.value in _NO_GRADIENT and f.params:
             params = tuple(p for p in f.params if not any(fnmatch.fnmatch(p, g) for g in patterns))
             if not params:
                 continue
@@ -62,7 +73,7 @@ def assert_gradients_flow(model, loss=None, *, inputs=None, target=None, loss_fn
         bad.append(f)
     if bad:
         total = sum(1 for p in model.parameters() if p.requires_grad)
-        missing = sum(len(f.params) for f in bad if f.kind.value == "unused_parameter")
+        missing = len({p for f in bad if f.kind.value in _NO_GRADIENT for p in f.params})
         head = (f"gradients do not reach {missing} of {total} trainable parameters of "
                 f"{type(model).__name__}" if missing else
                 f"gradients cannot be computed for {type(model).__name__}")
@@ -86,9 +97,9 @@ def assert_finite_gradients(model, loss=None, *, inputs=None, target=None, loss_
     """
     __tracebackhide__ = True
     d = _diagnose(model, loss, inputs, target, loss_fn, _FINITE)
-    if d.findings:
+    if _errors(d):
         _fail(f"non-finite values in the loss or gradients of {type(model).__name__}", d,
-              list(d.findings), "finite_gradients", artifacts)
+              _errors(d), "finite_gradients", artifacts)
     return d
 
 
@@ -112,10 +123,15 @@ def assert_no_vanishing_gradients(model, loss=None, *, min_ratio: float = 1e-6,
     __tracebackhide__ = True
     d = _diagnose(model, loss, inputs, target, loss_fn, _VANISH,
                   vanish_ratio=min_ratio, vanish_chain=max_decay)
-    if d.findings:
-        _fail(f"vanishing gradients in {type(model).__name__}", d, list(d.findings),
+    if _errors(d):
+        _fail(f"vanishing gradients in {type(model).__name__}", d, _errors(d),
               "no_vanishing_gradients", artifacts)
     return d
+
+
+def _errors(d) -> list:
+    """The error-level findings of ``d`` (warnings and notes never fail an assertion)."""
+    return [f for f in d.findings if f.severity.value == "error"]
 
 
 def _diagnose(model, loss, inputs, target, loss_fn, kinds, **options):

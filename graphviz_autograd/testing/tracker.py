@@ -60,6 +60,10 @@ class GradientTracker:
         """Trainable parameters that never got a gradient while tracked."""
         return [n for n, v in self.norms.items() if not v]
 
+    def zero(self) -> list[str]:
+        """Parameters that got gradients, all exactly zero (no gradient, in effect)."""
+        return [n for n, v in self.norms.items() if v and all(x == 0.0 for x in v)]
+
     def nonfinite(self) -> list[str]:
         """Parameters that got a NaN/Inf gradient at least once."""
         return [n for n, v in self.norms.items() if not all(math.isfinite(x) for x in v)]
@@ -69,13 +73,22 @@ class GradientTracker:
         return {n: v[-1] for n, v in self.norms.items() if v}
 
     def assert_all_received(self) -> None:
-        """Fail naming each trainable parameter that never got a gradient."""
+        """Fail naming each trainable parameter that never got a gradient, or only gradients
+        that were exactly zero everywhere (as ``assert_gradients_flow`` does)."""
         __tracebackhide__ = True
-        missing = self.missing()
-        if missing:
+        missing, zero = self.missing(), self.zero()
+        if missing or zero:
+            parts = []
+            if missing:
+                parts.append(f"never got a gradient: {_listed(missing)}")
+            if zero:
+                parts.append(f"only got gradients that are exactly zero everywhere: {_listed(zero)}")
             raise GradientFlowError(
-                f"{len(missing)} of {len(self.norms)} trainable parameters of "
-                f"{type(self.model).__name__} never got a gradient while tracked: "
-                + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
-                + ". Use assert_gradients_flow(model, lambda: <loss>) to see where their path "
-                "to the loss breaks.")
+                f"{len(missing) + len(zero)} of {len(self.norms)} trainable parameters of "
+                f"{type(self.model).__name__} while tracked: " + "; ".join(parts)
+                + ". Use assert_gradients_flow(model, inputs=x) to see where their path to the "
+                "loss breaks or what zeroes it (dead ReLUs, a zero scale).")
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
