@@ -18,7 +18,7 @@ from typing import Any, Iterator
 from graphviz_autograd.errors import StoreError
 from graphviz_autograd.graph.model import Graph
 from graphviz_autograd.graph.serialize import from_json
-from graphviz_autograd.store import chunks
+from graphviz_autograd.store import chunks, spread
 from graphviz_autograd.store.schema import (BUSY_TIMEOUT_S, STORE_GLOB, GraphVersion, Incident, Series,
                                             check_kind, check_stat, check_store, Closing,
                                             decode)
@@ -129,6 +129,20 @@ class RankReader(Closing):
                                 tuple(data.get("nodes") or ()), tuple(data.get("detail_steps") or ()),
                                 data.get("origin")))
         return out
+
+    def rank_spread(self, key: str, stat: str | None = None, kind: str = "param") -> spread.Spread:
+        """``stat`` of ``key`` over the ranks of a gathered run, by recorded step
+        (:func:`graphviz_autograd.store.spread.rank_spread`)."""
+        return spread.rank_spread(self, key, stat, kind)
+
+    def outliers(self, step: int | None = None) -> list[spread.Outlier]:
+        """Ranks flagged as outliers at ``step`` (all steps when None), with why."""
+        return spread.outliers(self, step)
+
+    def rank_stats_at(self, step: int, rank: int, kind: str = "param",
+                      stats: tuple[str, ...] = ("grad_norm",)) -> dict[str, dict[str, float]]:
+        """``{stat: {key: value}}`` of one rank at ``step`` (its detail, where kept)."""
+        return spread.rank_stats_at(self, step, rank, kind, stats)
 
     def graph_versions(self) -> list[GraphVersion]:
         """Every distinct graph structure, by version."""

@@ -1,0 +1,126 @@
+"""Rank 0's side of a gathered run: the reduced cells, the detail and the mail of the other
+ranks, written to its store in the layout of ``store/spread.py``.
+
+Example (inside :class:`~graphviz_autograd.record.gather.Gathered`, rank 0 only):
+    >>> zero = RankZero(writer, detail_ranks=(0,))       # doctest: +SKIP
+    >>> zero.write(step, version, window, rows, layout, reduced, tested, flags, details, mail)  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from graphviz_autograd.record.spreads import COLUMNS, Layout, rows_of, scalars_of
+from graphviz_autograd.store import RunWriter
+from graphviz_autograd.store.schema import SPREADS
+from graphviz_autograd.store.spread import rank_kind, rank_scalar, spread_kind, spread_scalar
+
+
+class RankZero:
+    """Writes a gathered run into rank 0's store.
+
+    Args:
+        writer: rank 0's RunWriter.
+        detail_ranks: ranks whose full statistics are kept at every recorded step; rank 0's
+            own rows are written under the plain kinds when it is one of them.
+    """
+
+    def __init__(self, writer: RunWriter, detail_ranks: tuple[int, ...]):
+        self.writer, self.detail_ranks = writer, detail_ranks
+        self.own = 0 in detail_ranks
+        self._ids: dict[tuple[int, int], int] = {}      # (rank, its incident id) -> stored id
+
+    def own_step(self, step: int, wall_time: float, version, scalars: dict, stats) -> None:
+        """A step of rank 0 alone: unrecorded (its scalars; an incident's rows), or after gathering
+        broke, or a log() of rank 0 only (evaluation metrics)."""
+        self.writer.add_step(step, wall_time=wall_time, graph_version=version, scalars=scalars,
+                             stats=stats)
+
+    def incident(self, rank: int, item: dict) -> None:
+        """An incident of ``rank``, stored with the rank in its summary and values."""
+        key = (rank, int(item["id"]))
+        stored = self._ids.setdefault(key, len(self._ids) + 1)
+        data = dict(item.get("data") or {})
+        data["values"] = {**(data.get("values") or {}), "rank": rank}
+        self.writer.add_incident(stored, int(item["step"]), str(item["kind"]),
+                                 f"rank {rank}: {item['summary']}", data)
+
+    def write(self, step: int | None, version, window: list, own_stats: dict | None, layout: Layout,
+              reduced, tested: list[int], flags: list, details: dict[int, list],
+              mail: list[tuple[int, dict]]) -> None:
+        """Everything one gather brought; ``step`` None: the last window, at close."""
+        w = self.writer
+        for src, item in mail:          # earlier steps first: per key, steps must increase
+            if item.get("type") == "incident":
+                self.incident(src, item)
+            elif item.get("type") == "rows":
+                w.add_late(int(item["step"]), stats={
+                    rank_kind(kind, src): [(key, tuple(values)) for key, values in entries]
+                    for kind, entries in item["stats"].items() if kind in COLUMNS})
+        count, mean, lo, hi, lo_rank, hi_rank = (t.tolist() for t in (
+            reduced.count, reduced.mean, reduced.min, reduced.max, reduced.min_rank, reduced.max_rank))
+        columns = dict(zip(SPREADS, (lo, mean, hi, lo_rank, hi_rank)))
+        final = self._window_scalars(step, window, layout, count, columns, details)
+        flagged = self._flags(step, flags)
+        if step is None:
+            self._outliers(flagged, step, layout, count, hi_rank, details)
+            return
+        out = dict(own_stats) if own_stats and (self.own or 0 in flagged_ranks(flagged, step)) else {}
+        n = layout.n_cells
+        for name, column in columns.items():
+            cells = [v if c > 0 else None for v, c in zip(column[:n], count[:n])]
+            for kind, entries in rows_of(layout, cells).items():
+                out[spread_kind(kind, name)] = entries
+        for r, cells in details.items():
+            for kind, entries in rows_of(layout, cells[:n]).items():
+                out[rank_kind(kind, r)] = entries
+        w.add_step(step, wall_time=window[-1][1], graph_version=version, scalars=final, stats=out)
+        self._outliers(flagged, step, layout, count, hi_rank, details)
+
+    def _window_scalars(self, step, window: list, layout: Layout, count: list, columns: dict,
+                        details: dict) -> dict:
+        """Spreads (and detail ranks' values) of the scalars at each step of the window; those
+        of earlier steps are added late, the recorded step's returned with its own scalars."""
+        n_win, base = len(window), layout.n_cells
+        final: dict = {}
+        for p, (s, _wall, own) in enumerate(window):
+            extra = {}
+            for i, name in enumerate(layout.names):
+                c = base + i * n_win + p
+                if count[c] > 0:
+                    for spread, column in columns.items():
+                        extra[spread_scalar(name, spread)] = column[c]
+            for r, cells in details.items():
+                for name, v in scalars_of(layout, cells, n_win, p).items():
+                    extra[rank_scalar(name, r)] = v
+            if step is not None and p == n_win - 1:
+                final = {**own, **extra}
+            elif extra:
+                self.writer.add_late(s, scalars=extra)
+        return final
+
+    @staticmethod
+    def _flags(step, flags: list) -> dict[tuple[int, int], list]:
+        out: dict[tuple[int, int], list] = {}
+        for f in flags:
+            out.setdefault((f.step, f.rank), []).append(f)
+        return out
+
+    def _outliers(self, flagged: dict, step, layout: Layout, count: list, hi_rank: list,
+                  details: dict) -> None:
+        params = [layout.offsets[k] for k in layout.keys if k[0] == "param"]
+        for (s, rank), fs in sorted(flagged.items()):
+            values: dict = {}
+            for f in fs:
+                values[f.quantity] = f.value
+                values[f"{f.quantity}_others_mean"] = f.others_mean
+            why = "; ".join(f.why for f in fs)
+            detail = s == step and (rank in details or (rank == 0 and step is not None))
+            if s == step and params:
+                held = sum(1 for c in params if count[c] > 0 and hi_rank[c] == rank)
+                values["largest_grad_norms"] = held
+                if held:
+                    why += f"; it holds the largest gradient norm of {held} of {len(params)} parameters"
+            self.writer.add_outlier(s, rank, why, {"values": values, "detail": detail})
+
+
+def flagged_ranks(flagged: dict, step) -> set[int]:
+    """Ranks flagged at ``step``."""
+    return {rank for (s, rank) in flagged if s == step}
