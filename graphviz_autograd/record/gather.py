@@ -431,7 +431,7 @@ class Gathered:
         if reason not in self._said:
             self._said.add(reason)
             warnings.warn(f"graphviz-autograd Recorder (rank {self.rank}): {message}", RuntimeWarning,
-                          stacklevel=4)
+                          stacklevel=6)
 
     def __repr__(self) -> str:
         return f"Gathered(rank {self.rank}/{self.world}, {len(self.layout.keys)} keys, {describe(self.group)})"
