@@ -411,10 +411,11 @@ class Gathered:
         layout, counts = self.layout_used, self._counts
         if counts is None or layout is not self.layout:
             return
-        alive_keys = []
-        for kind, key in layout.keys:
-            first = layout.offsets[(kind, key)]
-            alive_keys.append(bool(counts[first:first + len(COLUMNS[kind])].any()))
+        if len(layout.keys) < PRUNE_MIN:
+            return
+        present = (counts[:layout.n_cells] > 0).tolist()
+        offsets = layout.offsets
+        alive_keys = [any(present[offsets[k]:offsets[k] + len(COLUMNS[k[0]])]) for k in layout.keys]
         dead = alive_keys.count(False)
         if dead >= PRUNE_MIN and dead * 2 > len(alive_keys):
             self.layout = layout.pruned(alive_keys, [True] * len(layout.names))

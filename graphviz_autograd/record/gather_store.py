@@ -12,6 +12,8 @@ from graphviz_autograd.store import RunWriter
 from graphviz_autograd.store.schema import SPREADS
 from graphviz_autograd.store.spread import rank_kind, rank_scalar, spread_kind, spread_scalar
 
+MAX_NAMED = 64      # ranks listed in a merged incident's values (all are counted)
+
 
 class RankZero:
     """Writes a gathered run into rank 0's store.
@@ -26,6 +28,10 @@ class RankZero:
         self.writer, self.detail_ranks = writer, detail_ranks
         self.own = 0 in detail_ranks
         self._ids: dict[tuple[int, int], int] = {}      # (rank, its incident id) -> stored id
+        self._groups: dict[tuple[int, str], int] = {}   # (step, kind) -> stored id
+        self._first: dict[int, int] = {}                # stored id -> the rank that told it first
+        self._ranks: dict[int, list[int]] = {}          # stored id -> the ranks that had it
+        self._latest: dict[int, dict] = {}              # stored id -> the first rank's latest telling
 
     def own_step(self, step: int, wall_time: float, version, scalars: dict, stats) -> None:
         """A step of rank 0 alone: unrecorded (its scalars; an incident's rows), or after gathering
@@ -34,13 +40,30 @@ class RankZero:
                              stats=stats)
 
     def incident(self, rank: int, item: dict) -> None:
-        """An incident of ``rank``, stored with the rank in its summary and values."""
+        """An incident of ``rank``, stored with the rank in its summary and values. The same kind
+        at the same step on several ranks (a loss spike every DDP rank sees) is one incident
+        naming them all, told as the first rank that reported it tells it."""
         key = (rank, int(item["id"]))
-        stored = self._ids.setdefault(key, len(self._ids) + 1)
+        stored = self._ids.get(key)
+        if stored is None:
+            group = (int(item["step"]), str(item["kind"]))
+            stored = self._groups.get(group)
+            if stored is None:
+                stored = self._groups[group] = len(self._groups) + 1
+                self._first[stored] = rank
+            self._ids[key] = stored
+            self._ranks.setdefault(stored, []).append(rank)
+        first = self._first[stored]
+        if rank == first:
+            self._latest[stored] = item
+        item, ranks = self._latest[stored], sorted(self._ranks[stored])
         data = dict(item.get("data") or {})
-        data["values"] = {**(data.get("values") or {}), "rank": rank}
+        values = {**(data.get("values") or {}), "rank": first}
+        if len(ranks) > 1:
+            values.update(ranks=ranks[:MAX_NAMED], n_ranks=len(ranks))
+        data["values"] = values
         self.writer.add_incident(stored, int(item["step"]), str(item["kind"]),
-                                 f"rank {rank}: {item['summary']}", data)
+                                 f"{who(ranks)}: {item['summary']}", data)
 
     def write(self, step: int | None, version, window: list, own_stats: dict | None, layout: Layout,
               reduced, tested: list[int], flags: list, details: dict[int, list],
@@ -119,6 +142,14 @@ class RankZero:
                 if held:
                     why += f"; it holds the largest gradient norm of {held} of {len(params)} parameters"
             self.writer.add_outlier(s, rank, why, {"values": values, "detail": detail})
+
+
+def who(ranks: list[int]) -> str:
+    """``"rank 2"``, ``"ranks 0, 1, 3"``, ``"ranks 0, 1, 2, ... (1024 ranks)"``."""
+    if len(ranks) == 1:
+        return f"rank {ranks[0]}"
+    shown = ", ".join(map(str, ranks[:8]))
+    return f"ranks {shown}" if len(ranks) <= 8 else f"ranks {shown}, ... ({len(ranks)} ranks)"
 
 
 def flagged_ranks(flagged: dict, step) -> set[int]:

@@ -223,21 +223,36 @@ def values_of(blob: torch.Tensor) -> list:
     return [None if r == MISSING_BITS else v for r, v in zip(raw, vals)]
 
 
-def rows_of(layout: Layout, cells: list, alive=None) -> dict[str, list]:
+def _widen(kind: str):
+    """Cells of one key -> its 13-value row (the columns it lacks as None), by slicing."""
+    if kind == "param":
+        tail = (None,) * len(_ACT)
+        return lambda part: tuple(part) + tail
+    if kind == "node":
+        gap, n = (None,) * len(_PARAM), len(_GRAD)
+        return lambda part: tuple(part[:n]) + gap + tuple(part[n:])
+    head = (None,) * (len(_GRAD) + len(_PARAM))
+    return lambda part: head + tuple(part)
+
+
+_WIDEN = {kind: _widen(kind) for kind in COLUMNS}
+
+
+def rows_of(layout: Layout, cells: list) -> dict[str, list]:
     """Store rows ``{kind: [(key, 13 values)]}`` from per-cell values (None: missing); keys
     whose cells are all None are left out."""
     out: dict[str, list] = {}
-    width = len(ROW_STATS)
+    offsets = layout.offsets
     for kind, key in layout.keys:
-        first = layout.offsets[(kind, key)]
-        columns = COLUMNS[kind]
-        part = cells[first:first + len(columns)]
-        if all(v is None for v in part):
+        first = offsets[(kind, key)]
+        width = len(COLUMNS[kind])
+        part = cells[first:first + width]
+        if part.count(None) == width:
             continue
-        row = [None] * width
-        for c, v in zip(columns, part):
-            row[c] = v
-        out.setdefault(kind, []).append((key, tuple(row)))
+        entries = out.get(kind)
+        if entries is None:
+            entries = out[kind] = []
+        entries.append((key, _WIDEN[kind](part)))
     return out
 
 
