@@ -1,5 +1,6 @@
 """What gathering the ranks costs: bytes per rank and recorded step (from real models' keys),
-and the time of a gathered step at 2, 4 and 8 ranks (gloo, CPU processes on this machine).
+and the time of a gathered step at 2, 4 and 8 ranks (gloo, CPU processes on this machine),
+beside the bare SUM+MAX all-reduce pair and a ``ranks="each"`` store write of the same rows.
 
 Usage: python benchmarks/bench_gather.py [--worlds 2 4 8] [--steps 30] [--models lenet resnet50]
        (it starts the ranks itself with torch.distributed.run)
@@ -82,6 +83,15 @@ def worker(out: str, steps: int, cases: dict) -> None:
                 times.append(time.perf_counter() - t0)
         n = g.layout.size(1)
         g.close()
+        each = []           # ranks="each": this rank writes its own rows to its own store
+        from graphviz_autograd.store import RunWriter
+        with RunWriter(tempfile.mkdtemp(prefix=f"gva-bench-each-{rank}-"), rank=rank, world_size=world) as w:
+            for step in range(steps + 5):
+                t0 = time.perf_counter()
+                w.add_step(step, wall_time=time.time(), graph_version=None,
+                           scalars={"loss": 1.0 + rank, "lr": 0.1}, stats=rows[step % 4])
+                if step >= 5:
+                    each.append(time.perf_counter() - t0)
         sums = torch.zeros(2 * n + 4 + 1, dtype=torch.float64)
         maxes = torch.zeros(2 * n + 8, dtype=torch.int64)
         bare = []
@@ -95,7 +105,7 @@ def worker(out: str, steps: int, cases: dict) -> None:
             if i >= 5:
                 bare.append(time.perf_counter() - t0)
         results[name] = {"step_ms": statistics.median(times) * 1e3, "bare_ms": statistics.median(bare) * 1e3,
-                         "cells": n}
+                         "each_ms": statistics.median(each) * 1e3, "cells": n}
     gathered = [None] * world
     dist.all_gather_object(gathered, results)
     if rank == 0:
@@ -130,7 +140,8 @@ def main() -> int:
               f"{small:15,d} {big:18,d}")
     print("\ntime of one gathered step (whole protocol, rank 0 writing; median over ranks' medians) "
           "and of the bare SUM+MAX all-reduce pair, gloo on this machine")
-    print(f"{'model':12s} {'ranks':>5s} {'gathered step ms':>17s} {'slowest rank ms':>16s} {'bare pair ms':>13s}")
+    print(f"{'model':12s} {'ranks':>5s} {'gathered step ms':>17s} {'slowest rank ms':>16s} {'bare pair ms':>13s} "
+          f"{'each ms':>8s}")
     for world in args.worlds:
         out = os.path.join(tempfile.mkdtemp(), "gather.json")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
@@ -144,8 +155,9 @@ def main() -> int:
         for name in cases:
             step = [r[name]["step_ms"] for r in per_rank]
             bare = [r[name]["bare_ms"] for r in per_rank]
+            each = [r[name]["each_ms"] for r in per_rank]
             print(f"{name:12s} {world:5d} {statistics.median(step):17.2f} {max(step):16.2f} "
-                  f"{statistics.median(bare):13.2f}")
+                  f"{statistics.median(bare):13.2f} {statistics.median(each):8.2f}")
     return 0
 
 

@@ -23,6 +23,7 @@ SCRIPTS = {
     "bench_incidents.py resnet18": ["--model", "resnet18", "--batch", "8", "--steps", "5", "--rounds", "4",
                                     "--warmup", "2", "--threads", "1"],
     "bench_store.py": [],
+    "bench_gather.py": [],
     "bench_memory.py": [],
     "bench_dashboard.py": [],
 }
@@ -30,7 +31,8 @@ SMOKE = {"bench_trace.py": ["--smoke"], "bench_render.py": ["--smoke"],
          "bench_recorder.py": ["--steps", "2", "--rounds", "1", "--warmup", "1"],
          "bench_incidents.py": ["--steps", "2", "--rounds", "1", "--warmup", "1"],
          "bench_store.py": ["--keys", "20", "--write-steps", "50", "--read-keys", "2", "--read-steps", "500"],
-         "bench_dashboard.py": ["--smoke"], "bench_memory.py": ["--steps", "20"]}
+         "bench_dashboard.py": ["--smoke"], "bench_memory.py": ["--steps", "20"],
+         "bench_gather.py": ["--worlds", "2", "--steps", "2", "--models", "lenet"]}
 
 
 def main() -> int:

@@ -281,6 +281,15 @@ def test_the_corrupted_rank_is_flagged_with_its_detail_and_detail_ranks_kept(gat
 
 
 @pytest.mark.slow
+def test_a_recorder_made_on_rank_0_alone_records_alone_after_the_join_timeout(gathered):
+    out, truths = gathered
+    (warning,) = truths[0]["alone_warnings"]
+    assert "not every rank made a Recorder within 2 s" in warning and "ranks='each'" in warning
+    with ga.open_run(out / "alone") as run:
+        assert run.ranks == [0] and "ranks" not in run.meta and run.loss().values == [1.0]
+
+
+@pytest.mark.slow
 def test_ranks_each_still_writes_one_store_per_rank(gathered):
     out, truths = gathered
     with ga.open_run(out / "each") as run:

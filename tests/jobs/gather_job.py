@@ -3,8 +3,9 @@
 Every rank trains its own replica on its own data (no DDP: the ranks' statistics differ) and
 gets its own run directory ``<out>/machine-<rank>/run`` (no shared filesystem). Rank 2 is fed
 a corrupted batch at step 4 (a recorded step); rank 3 logs a NaN metric at step 5 (an
-unrecorded one: an incident). Rank 0 alone logs an evaluation metric after training. Each
-rank writes what it measured itself to ``<out>/truth-<rank>.json``, outside the run dirs.
+unrecorded one: an incident). Rank 0 alone logs an evaluation metric after training, and at
+the end makes a Recorder alone. Each rank writes what it measured itself to
+``<out>/truth-<rank>.json``, outside the run dirs.
 """
 import json
 import os
@@ -78,6 +79,15 @@ with warnings.catch_warnings(record=True) as caught:
             opt.step()
             rec.log(step, loss=loss)
             truth.setdefault("each_loss", []).append(float(loss))
+
+if rank == 0:       # a Recorder on rank 0 only: it waits join_timeout, then records alone
+    net, opt = model_and_opt()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with ga.Recorder(net, os.path.join(out, "alone"), optimizer=opt,
+                         ranks=GatherOptions(join_timeout=2)) as rec:
+            rec.log(0, loss=1.0)
+    truth["alone_warnings"] = [str(w.message) for w in caught if "graphviz" in str(w.message)]
 
 with open(os.path.join(out, f"truth-{rank}.json"), "w") as f:
     json.dump(truth, f)
