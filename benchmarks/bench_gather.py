@@ -62,7 +62,8 @@ def worker(out: str, steps: int, cases: dict) -> None:
     all-reduces of the same tensors."""
     import torch.distributed as dist
 
-    from graphviz_autograd.record.gather import GatherOptions, open_gathered
+    from graphviz_autograd.record.gather import open_gathered
+    from graphviz_autograd.record.gather_options import GatherOptions
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -20,9 +20,9 @@ import torch
 import graphviz_autograd as ga
 from graphviz_autograd.errors import ConfigError, StoreError
 from graphviz_autograd.record import outliers as ot
-from graphviz_autograd.record.gather import GatherOptions, check_detail_ranks, check_ranks
+from graphviz_autograd.record.gather_options import GatherOptions, check_detail_ranks, check_ranks
 from graphviz_autograd.record.spreads import MISSING_FLOAT, Layout, decode, local_values, pack
-from graphviz_autograd.store import STATS, RunWriter
+from graphviz_autograd.store import RunWriter
 from graphviz_autograd.store.spread import rank_kind, spread_kind, spread_scalar
 
 JOBS = Path(__file__).parent / "jobs"
@@ -129,8 +129,10 @@ def test_ranks_and_detail_ranks_are_checked():
         check_ranks("all", 4)
     with pytest.raises(ConfigError, match="outlier_ratio"):
         check_ranks(GatherOptions(outlier_ratio=1.0), 4)
-    with pytest.raises(ConfigError, match=r"join_timeout=0"):
+    with pytest.raises(ConfigError, match=r"join_timeout=0\) must be a positive number of seconds"):
         check_ranks(GatherOptions(join_timeout=0), 4)
+    with pytest.raises(ConfigError, match=r"timeout='5'"):
+        check_ranks(GatherOptions(timeout="5"), 4)
     assert check_detail_ranks([3, 0, 3], 4) == (0, 3) and check_detail_ranks((), 4) == ()
     for bad in ([4], [-1], 0, ["1"], [True]):
         with pytest.raises(ConfigError, match="detail_ranks"):
@@ -229,6 +231,8 @@ def test_only_rank_0_writes_and_its_spreads_equal_the_ranks_values(gathered):
     with ga.open_run(out / "machine-0" / "run") as run:
         assert run.ranks == [0] and run.world_size == 4 and run.meta["ranks"] == "gather"
         assert run.steps() == list(range(9))            # and rank 0's evaluation log, step 8
+        assert run.scalar_names() == ["acc", "loss", "lr", "test_loss"]
+        assert {"loss@max", "loss@max_rank", "loss@rank1"} <= set(run.scalar_names(derived=True))
         assert run.series("test_loss").steps == [8]
         for stat in ("grad_norm", "param_norm", "update_ratio"):
             for name in PARAMS:

@@ -25,76 +25,21 @@ from __future__ import annotations
 import itertools
 import json
 import warnings
-from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-from graphviz_autograd.errors import ConfigError, StoreError, describe
+from graphviz_autograd.errors import StoreError, describe
 from graphviz_autograd.record import outliers as outlier_tests
+from graphviz_autograd.record.gather_options import GatherOptions
 from graphviz_autograd.record.gather_store import RankZero
 from graphviz_autograd.record.spreads import COLUMNS, Layout, decode, local_values, pack, values_of
 from graphviz_autograd.store import RunWriter
 
-MODES = ("gather", "each")
 TAG_DETAIL, TAG_MAIL_SIZE, TAG_MAIL = 7101, 7102, 7103
 _SEQ = itertools.count()        # Recorders made by this process: pairs them across ranks
 PRUNE_MIN = 16                  # drop keys nobody has once this many and half the layout are dead
-
-
-@dataclass(frozen=True)
-class GatherOptions:
-    """How a gathered run talks across ranks (``Recorder(ranks=GatherOptions(...))``).
-
-    Attributes:
-        timeout: seconds a recorder collective may wait for the other ranks (None: the
-            timeout of the training's default process group, so the recorder never waits
-            longer than training's own collectives would).
-        join_timeout: seconds the ranks wait for each other when the Recorder is made; a rank
-            left alone (e.g. a Recorder made on rank 0 only) records its own store instead.
-        outlier_k: an outlier is beyond this many standard deviations of the other ranks
-            (of ``sign(x) * log1p(|x|)``) ...
-        outlier_ratio: ... and this many times their mean (or below it divided by this).
-    """
-
-    timeout: float | None = None
-    join_timeout: float = 60.0
-    outlier_k: float = 6.0
-    outlier_ratio: float = 3.0
-
-
-def check_ranks(ranks, world: int) -> GatherOptions | None:
-    """``ranks=`` validated: GatherOptions when gathering (None: one store per rank)."""
-    if ranks is None:
-        ranks = "gather" if world > 1 else "each"
-    if isinstance(ranks, GatherOptions):
-        options = ranks
-    elif isinstance(ranks, str) and ranks in MODES:
-        options = GatherOptions() if ranks == "gather" else None
-    else:
-        raise ConfigError(f"ranks={ranks!r}: use 'gather' (one store on rank 0 with every rank's "
-                          "spread, the default when distributed), 'each' (one store per rank) "
-                          "or a GatherOptions")
-    for name in ("join_timeout", "outlier_k", "outlier_ratio"):
-        value = getattr(options, name, 1.0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ConfigError(f"GatherOptions({name}={value!r}) must be a positive number")
-    if options is not None and options.outlier_ratio <= 1:
-        raise ConfigError(f"GatherOptions(outlier_ratio={options.outlier_ratio!r}) must be above 1")
-    return options if world > 1 else None
-
-
-def check_detail_ranks(detail_ranks, world: int) -> tuple[int, ...]:
-    try:
-        out = tuple(sorted(set(detail_ranks)))
-    except TypeError:
-        out = None
-    if out is None or not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r < max(world, 1)
-                              for r in out):
-        raise ConfigError(f"detail_ranks={detail_ranks!r} must be ranks in [0, {max(world, 1)}), "
-                          "e.g. detail_ranks=[0, 3]")
-    return out
 
 
 def open_gathered(run_dir, *, rank: int, world: int, options: GatherOptions, detail_ranks,
@@ -292,6 +237,8 @@ class Gathered:
             return
         if self.zero is not None and got is not None:
             self.zero.write(step, graph_version, window, stats, self.layout_used, *got)
+        elif self.zero is not None and step is not None:     # misaligned: rank 0's own step still
+            self.zero.own_step(step, window[-1][1], graph_version, window[-1][2], stats)
         self._prune()
 
     def _exchange_all(self, window: list, stats: dict | None, mail: list):

@@ -31,7 +31,8 @@ from graphviz_autograd.live.modules import ModuleTracker
 from graphviz_autograd.live.tensors import is_sharded, plain, shard_groups
 from graphviz_autograd.record import stats
 from graphviz_autograd.record.capture import Capture
-from graphviz_autograd.record.gather import check_detail_ranks, check_ranks, open_gathered
+from graphviz_autograd.record.gather import open_gathered
+from graphviz_autograd.record.gather_options import check_detail_ranks, check_ranks
 from graphviz_autograd.record.incidents import IncidentOptions, Incidents, check_action
 from graphviz_autograd.record.rows import ParamSet, step_rows
 from graphviz_autograd.record.scalars import scalar_value
@@ -81,7 +82,7 @@ class Recorder:
             mean and max over the ranks and the ranks holding them (``run.rank_spread``), and
             flags outlier ranks (``run.outliers``); no other rank touches the filesystem
             (``record/gather.py``). ``"each"``: every rank writes its own store into
-            ``run_dir``. A :class:`~graphviz_autograd.record.gather.GatherOptions` gathers with
+            ``run_dir``. A :class:`~graphviz_autograd.record.gather_options.GatherOptions` gathers with
             other timeouts or outlier bounds.
         detail_ranks: ranks whose full statistics rank 0 keeps at every recorded step when
             gathering (default rank 0 only); outlier ranks are kept at the steps they stand out.

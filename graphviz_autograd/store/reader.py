@@ -91,13 +91,17 @@ class RankReader(Closing):
         """Highest recorded step, or None before the first flush."""
         return self._fetch("SELECT max(step) FROM steps")[0][0]
 
-    def scalar_names(self) -> list[str]:
-        """Names of the recorded scalars, sorted."""
+    def scalar_names(self, derived: bool = False) -> list[str]:
+        """Names of the recorded scalars, sorted; in a gathered run without the spreads and
+        other ranks' values (``loss@max``, ``loss@rank3``) unless ``derived``."""
         rows = self._fetch(  # skip-scan over the primary key: one lookup per name, not per row
             "WITH RECURSIVE n(name) AS (SELECT min(name) FROM scalars UNION ALL "
             "SELECT (SELECT min(name) FROM scalars WHERE name > n.name) FROM n "
             "WHERE n.name IS NOT NULL) SELECT name FROM n WHERE name IS NOT NULL")
-        return [row[0] for row in rows]
+        names = [row[0] for row in rows]
+        if not derived and spread.is_gathered(self.meta):
+            names = [n for n in names if not spread.is_derived_scalar(n)]
+        return names
 
     def series(self, name: str) -> Series:
         """Values of scalar ``name`` by step (steps where it is None are skipped)."""

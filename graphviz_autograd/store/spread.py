@@ -75,6 +75,12 @@ def rank_scalar(name: str, rank: int) -> str:
     return f"{name}@rank{rank}"
 
 
+def is_derived_scalar(name: str) -> bool:
+    """Whether ``name`` is a spread or one rank's value of a scalar (``loss@max``, ``loss@rank3``)."""
+    _base, at, suffix = name.rpartition("@")
+    return bool(at) and (suffix in SPREADS or (suffix[:4] == "rank" and suffix[4:].isdigit()))
+
+
 def is_gathered(meta: dict) -> bool:
     """Whether a store's meta says it was written by ``Recorder(ranks="gather")``."""
     return meta.get("ranks") == "gather"

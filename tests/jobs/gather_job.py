@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import graphviz_autograd as ga
-from graphviz_autograd.record.gather import GatherOptions
+from graphviz_autograd.record.gather_options import GatherOptions
 
 out = sys.argv[1]
 dist.init_process_group("gloo")

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import graphviz_autograd as ga
-from graphviz_autograd.record.gather import GatherOptions
+from graphviz_autograd.record.gather_options import GatherOptions
 
 out, how = sys.argv[1], sys.argv[2]
 dist.init_process_group("gloo")
