@@ -1,6 +1,7 @@
 """What gathering the ranks costs: bytes per rank and recorded step (from real models' keys),
 and the time of a gathered step at 2, 4 and 8 ranks (gloo, CPU processes on this machine),
-beside the bare SUM+MAX all-reduce pair and a ``ranks="each"`` store write of the same rows.
+beside the bare SUM+MAX all-reduce pair, one all-reduce of the same bytes, and a
+``ranks="each"`` store write of the same rows.
 
 Usage: python benchmarks/bench_gather.py [--worlds 2 4 8] [--steps 30] [--models lenet resnet50]
        (it starts the ranks itself with torch.distributed.run)
@@ -105,8 +106,16 @@ def worker(out: str, steps: int, cases: dict) -> None:
                 w.wait()
             if i >= 5:
                 bare.append(time.perf_counter() - t0)
+        one, joined = [], torch.zeros(sums.numel() + maxes.numel(), dtype=torch.float64)
+        for i in range(steps + 5):      # the same bytes in one all-reduce: what one collective costs
+            dist.barrier()
+            t0 = time.perf_counter()
+            dist.all_reduce(joined)
+            if i >= 5:
+                one.append(time.perf_counter() - t0)
         results[name] = {"step_ms": statistics.median(times) * 1e3, "bare_ms": statistics.median(bare) * 1e3,
-                         "each_ms": statistics.median(each) * 1e3, "cells": n}
+                         "one_ms": statistics.median(one) * 1e3, "each_ms": statistics.median(each) * 1e3,
+                         "cells": n}
     gathered = [None] * world
     dist.all_gather_object(gathered, results)
     if rank == 0:
@@ -142,7 +151,7 @@ def main() -> int:
     print("\ntime of one gathered step (whole protocol, rank 0 writing; median over ranks' medians) "
           "and of the bare SUM+MAX all-reduce pair, gloo on this machine")
     print(f"{'model':12s} {'ranks':>5s} {'gathered step ms':>17s} {'slowest rank ms':>16s} {'bare pair ms':>13s} "
-          f"{'each ms':>8s}")
+          f"{'one ms':>7s} {'each ms':>8s}")
     for world in args.worlds:
         out = os.path.join(tempfile.mkdtemp(), "gather.json")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
@@ -157,8 +166,9 @@ def main() -> int:
             step = [r[name]["step_ms"] for r in per_rank]
             bare = [r[name]["bare_ms"] for r in per_rank]
             each = [r[name]["each_ms"] for r in per_rank]
+            one = [r[name]["one_ms"] for r in per_rank]
             print(f"{name:12s} {world:5d} {statistics.median(step):17.2f} {max(step):16.2f} "
-                  f"{statistics.median(bare):13.2f} {statistics.median(each):8.2f}")
+                  f"{statistics.median(bare):13.2f} {statistics.median(one):7.2f} {statistics.median(each):8.2f}")
     return 0
 
 

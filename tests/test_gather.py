@@ -73,7 +73,8 @@ def test_min_mean_max_and_their_ranks_match_a_direct_computation(world):
             want_v, want_r = value
             got_v = float(getattr(got, which)[i])
             assert int(getattr(got, f"{which}_rank")[i]) == want_r, (i, which, have)
-            assert (got_v != got_v and want_v != want_v) or got_v == pytest.approx(want_v, rel=tol, abs=1e-320)
+            assert (got_v != got_v and want_v != want_v) or \
+                got_v == pytest.approx(want_v, rel=tol, abs=1e-320)
         mean = sum(v for v, _ in have) / len(have)
         got_mean = float(got.mean[i])
         assert (mean != mean and got_mean != got_mean) or got_mean == pytest.approx(mean, rel=1e-12)

@@ -30,7 +30,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from graphviz_autograd.errors import StoreError, describe
+from graphviz_autograd.errors import StoreError
 from graphviz_autograd.record import outliers as outlier_tests
 from graphviz_autograd.record.gather_options import GatherOptions
 from graphviz_autograd.record.gather_store import RankZero
@@ -382,5 +382,5 @@ class Gathered:
                           stacklevel=6)
 
     def __repr__(self) -> str:
-        return f"Gathered(rank {self.rank}/{self.world}, {len(self.layout.keys)} keys, {describe(self.group)})"
+        return f"Gathered(rank {self.rank}/{self.world}, {len(self.layout.keys)} keys, {self.run_dir})"
 

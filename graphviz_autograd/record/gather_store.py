@@ -3,7 +3,7 @@ ranks, written to its store in the layout of ``store/spread.py``.
 
 Example (inside :class:`~graphviz_autograd.record.gather.Gathered`, rank 0 only):
     >>> zero = RankZero(writer, detail_ranks=(0,))       # doctest: +SKIP
-    >>> zero.write(step, version, window, rows, layout, reduced, tested, flags, details, mail)  # doctest: +SKIP
+    >>> zero.write(step, version, window, rows, layout, *gathered)     # doctest: +SKIP
 """
 from __future__ import annotations
 

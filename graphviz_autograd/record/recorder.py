@@ -82,8 +82,8 @@ class Recorder:
             mean and max over the ranks and the ranks holding them (``run.rank_spread``), and
             flags outlier ranks (``run.outliers``); no other rank touches the filesystem
             (``record/gather.py``). ``"each"``: every rank writes its own store into
-            ``run_dir``. A :class:`~graphviz_autograd.record.gather_options.GatherOptions` gathers with
-            other timeouts or outlier bounds.
+            ``run_dir``. A :class:`~graphviz_autograd.record.gather_options.GatherOptions`
+            gathers with other timeouts or outlier bounds.
         detail_ranks: ranks whose full statistics rank 0 keeps at every recorded step when
             gathering (default rank 0 only); outlier ranks are kept at the steps they stand out.
 
@@ -144,8 +144,9 @@ class Recorder:
             optimizer=optimizer, writer_options=dict(overwrite=overwrite, flush_interval=flush_interval,
                                                      meta={**run_meta, "ranks": "gather",
                                                            "detail_ranks": list(detail_ranks)}))
-        self._writer = self._gather or RunWriter(run_dir, rank=rank, world_size=world, overwrite=overwrite,
-                                                 flush_interval=flush_interval, meta=run_meta)
+        self._writer = self._gather or RunWriter(run_dir, rank=rank, world_size=world,
+                                                 overwrite=overwrite, flush_interval=flush_interval,
+                                                 meta=run_meta)
         self.run_dir = str(self._writer.run_dir)
         self.rank, self.world_size = rank, world
         self._versions: dict[str, int] = {}

@@ -9,7 +9,7 @@ norm) the sum and sum of squares of ``sign(x) * log1p(|x|)``. The MAX tensor car
 two int64 keys whose maximum is the maximum (and, negated, the minimum): the value's float64
 bits in an order-preserving integer, truncated toward zero to a multiple of ``2**b`` with the
 rank in the low ``b`` bits (``b = bit_length(world - 1)``). So min and max keep ``52 - b``
-bits of mantissa (4 ranks: 2e-16 relative, 1,024 ranks: 2e-13) and a tie goes to the lowest
+bits of mantissa (4 ranks: 9e-16 relative, 1,024 ranks: 2e-13) and a tie goes to the lowest
 rank. NaN counts as the largest value (a rank with a NaN gradient norm is the maximum).
 
 Bytes per rank and recorded step: ``32 * cells + 16 * tested cells + 72``, whatever the

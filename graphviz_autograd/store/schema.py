@@ -122,7 +122,8 @@ def check_stat(stat: str) -> str:
 def check_kind(kind: str) -> str:
     if kind not in KINDS:
         base, at, suffix = kind.partition("@") if isinstance(kind, str) else ("", "", "")
-        if not (at and base in KINDS and (suffix in SPREADS or (suffix[:4] == "rank" and suffix[4:].isdigit()))):
+        derived = suffix in SPREADS or (suffix[:4] == "rank" and suffix[4:].isdigit())
+        if not (at and base in KINDS and derived):
             raise StoreError(f"unknown key kind {kind!r}; valid kinds: {', '.join(KINDS)}, or "
                              f"'<kind>@<{'|'.join(SPREADS)}>' and '<kind>@rank<r>' in a gathered run")
     return kind
