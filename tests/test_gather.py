@@ -104,6 +104,23 @@ def test_layout_lays_out_keys_scalars_and_the_gradient_norm():
     assert pruned.keys == [("module", "fc")] and pruned.names == ["loss"] and pruned.n_cells == 4
 
 
+def test_keys_nobody_has_any_more_are_dropped_once_they_are_many():
+    from graphviz_autograd.record.gather import PRUNE_MIN, Gathered
+
+    g = Gathered("unused", rank=1, world=2, group=None, options=GatherOptions(), detail_ranks=(0,),
+                 every=1, optimizer=None, writer=None)
+    keys = [("module", f"m{i}") for i in range(2 * PRUNE_MIN)]
+    g.layout.extend(keys, ["loss"])
+    counts = torch.zeros(g.layout.size(1))
+    counts[:4 * (PRUNE_MIN + 1)] = 1.0          # PRUNE_MIN - 1 modules dead: too few to rebuild
+    g.layout_used, g._counts = g.layout, counts
+    g._prune()
+    assert len(g.layout.keys) == 2 * PRUNE_MIN
+    counts[4 * (PRUNE_MIN - 2):] = 0.0          # PRUNE_MIN + 2 dead: more than half
+    g._prune()
+    assert g.layout.keys == keys[:PRUNE_MIN - 2] and g.layout.names == ["loss"]
+
+
 def test_outliers_only_the_extreme_far_from_the_others():
     def cell(values, step=3):
         lo, hi = min(values), max(values)
@@ -225,7 +242,7 @@ RECORDED = [0, 2, 4, 6, 7]      # every=2, and step 7: rank 3's incident at step
 
 
 @pytest.mark.slow
-def test_only_rank_0_writes_and_its_spreads_equal_the_ranks_values(gathered):
+def test_only_rank_0_writes_and_its_spreads_equal_the_ranks_values_whatever_keys_each_has(gathered):
     out, truths = gathered
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("machine")) == ["machine-0"]
     assert all(t["gather_warnings"] == [] for t in truths), [t["gather_warnings"] for t in truths]
@@ -254,8 +271,13 @@ def test_only_rank_0_writes_and_its_spreads_equal_the_ranks_values(gathered):
         acc = run.rank_spread("acc", kind="scalar")
         assert math.isnan(acc.max[5]) and acc.max_rank[5] == 3 and math.isnan(acc.mean[5])
         assert acc.max[4] == pytest.approx(0.53) and acc.max_rank[4] == 3 and acc.min_rank[4] == 0
-        n_nodes = len(run.keys("node"))
-        assert n_nodes >= 4 and len(run.keys("node@max")) == n_nodes and len(run.keys("module@min")) >= 2
+        own_nodes, all_nodes = run.keys("node"), run.keys("node@max")
+        assert len(own_nodes) >= 4 and len(run.keys("module@min")) >= 2
+        only_rank_1 = [k for k in all_nodes if k not in own_nodes]     # its branch at step 6
+        assert sorted(only_rank_1) == ["AddBackward0:0", "MulBackward0:0", "TanhBackward0:0"]
+        for key in only_rank_1:
+            s = run.rank_spread(key, "grad_norm", kind="node")
+            assert s.steps == [6] and s.min_rank == s.max_rank == [1] and s.min == s.max
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 Every rank trains its own replica on its own data (no DDP: the ranks' statistics differ) and
 gets its own run directory ``<out>/machine-<rank>/run`` (no shared filesystem). Rank 2 is fed
 a corrupted batch at step 4 (a recorded step); rank 3 logs a NaN metric at step 5 (an
-unrecorded one: an incident). Rank 0 alone logs an evaluation metric after training, and at
+unrecorded one: an incident); rank 1 takes an extra branch at step 6. Rank 0 alone logs an evaluation metric after training, and at
 the end makes a Recorder alone. Each rank writes what it measured itself to
 ``<out>/truth-<rank>.json``, outside the run dirs.
 """
@@ -50,7 +50,10 @@ with warnings.catch_warnings(record=True) as caught:
         for step in range(STEPS):
             x, y = batch(step)
             opt.zero_grad()
-            loss = nn.functional.mse_loss(net(x), y)
+            out_ = net(x)
+            if (step, rank) == (6, 1):          # a data-dependent branch: nodes only rank 1 has
+                out_ = out_ + 0.1 * torch.tanh(out_)
+            loss = nn.functional.mse_loss(out_, y)
             loss.backward()
             grads = {n: float(p.grad.double().norm()) for n, p in net.named_parameters()}
             before = {n: p.detach().double().clone() for n, p in net.named_parameters()}
