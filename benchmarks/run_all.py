@@ -25,6 +25,7 @@ SCRIPTS = {
     "bench_stacks.py": ["--bf16"],
     "bench_fsdp.py": [],
     "bench_store.py": [],
+    "bench_gather.py": [],
     "bench_memory.py": [],
     "bench_dashboard.py": [],
 }
@@ -34,7 +35,8 @@ SMOKE = {"bench_trace.py": ["--smoke"], "bench_render.py": ["--smoke"],
          "bench_stacks.py": ["--models", "bert", "--steps", "1", "--rounds", "1", "--warmup", "1",
                              "--batch", "2"],
          "bench_store.py": ["--keys", "20", "--write-steps", "50", "--read-keys", "2", "--read-steps", "500"],
-         "bench_dashboard.py": ["--smoke"], "bench_memory.py": ["--steps", "20"]}
+         "bench_dashboard.py": ["--smoke"], "bench_memory.py": ["--steps", "20"],
+         "bench_gather.py": ["--worlds", "2", "--steps", "2", "--models", "lenet"]}
 
 
 def main() -> int:

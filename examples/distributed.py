@@ -1,12 +1,14 @@
 """LeNet-5 on MNIST with DistributedDataParallel on CPU (gloo), every rank recorded.
 
 Start it with torchrun; each process trains on its shard of the data
-(``DistributedSampler``), DDP averages the gradients, and each rank's
-:class:`graphviz_autograd.Recorder` writes ``rank-<r>.gva.sqlite`` into the same
-run directory (the recorder reads rank and world size from
-``torch.distributed``). The dashboard shows the ranks side by side; a rank whose
-gradients or loss drift from the others stands out. Rank 0 prints, evaluates
-and renders the graph.
+(``DistributedSampler``), DDP averages the gradients, and every rank makes a
+:class:`graphviz_autograd.Recorder` (it reads rank and world size from
+``torch.distributed``). On each recorded step the ranks' statistics are reduced
+through torch.distributed and rank 0 alone writes ``rank-0.gva.sqlite``: rank 0's
+own statistics, and for every statistic and logged scalar the min, mean and max
+over the ranks with the ranks holding them (``run.rank_spread``); a rank whose
+loss or gradient norm is far from the others' is flagged (``run.outliers``). Rank 0
+prints, evaluates (logging the test accuracy alone) and renders the graph.
 
 Run::
 
@@ -77,7 +79,7 @@ def run(epochs: int = 1, steps: int | None = None, run_dir: str = f"runs/{NAME}"
             if rank == 0 else None
         with ga.Recorder(model, run_dir, optimizer=optimizer, every=every, overwrite=overwrite,
                          meta={"example": NAME, "data": data.source}) as rec:
-            say(f"{world} rank(s), gloo backend; recording every rank to {rec.run_dir} "
+            say(f"{world} rank(s), gloo backend; gathering every rank into {rec.run_dir} on rank 0 "
                 f"(statistics every {every} steps)")
             result = common.fit(model, optimizer, loader, loss_fn=common.cross_entropy, recorder=rec,
                            epochs=epochs, steps=steps, progress=progress and rank == 0, echo=say,
@@ -91,7 +93,7 @@ def run(epochs: int = 1, steps: int | None = None, run_dir: str = f"runs/{NAME}"
             for f in files:
                 say(f"wrote {f}")
             say(f"done: {result['steps']} steps per rank in {time.perf_counter() - t0:.1f} s; "
-                f"run in {run_dir} (ranks 0-{world - 1})")
+                f"run in {run_dir} (ranks 0-{world - 1} gathered)")
         return {**result, "rank": rank, "world_size": world, "test_accuracy": accuracy,
                 "run_dir": run_dir, "files": files}
     finally:

@@ -19,6 +19,7 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
                          "--batch", "2"], "params+nodes every step"),
     ("bench_fsdp.py", [], "bytes sent per rank"),
     ("bench_memory.py", ["--steps", "20"], "live tensors"),
+    ("bench_gather.py", ["--worlds", "2", "--steps", "2", "--models", "lenet"], "bare pair ms"),
     ("bench_store.py", ["--keys", "20", "--write-steps", "50", "--read-keys", "2", "--read-steps", "500"], "rows/s"),
 ])
 def test_benchmark_script_smoke(script, args, expect):

@@ -284,13 +284,13 @@ def test_distributed_two_ranks_record_into_one_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "2 rank(s), gloo backend" in proc.stdout
     with ga.open_run(tmp_path / "ddp") as run:
-        assert run.ranks == [0, 1] and run.world_size == 2
-        for r in (0, 1):
-            assert run.rank(r).loss().steps == [0, 1, 2, 3]
-            assert run.rank(r).meta["rank"] == r
-            # DDP's `module.` prefix is stripped: ids match a single-process run
-            assert "conv1.weight" in run.rank(r).keys("param")
-            assert "param:conv1.weight" in run.rank(r).graph()
+        assert run.ranks == [0] and run.world_size == 2 and run.meta["ranks"] == "gather"
+        assert run.loss().steps == [0, 1, 2, 3] and run.series("test_accuracy").steps == [4]
+        # DDP's `module.` prefix is stripped: ids match a single-process run
+        assert "conv1.weight" in run.keys("param") and "param:conv1.weight" in run.graph()
+        spread = run.rank_spread("conv1.weight", "grad_norm")     # DDP: the same gradient on both
+        assert spread.steps == [0, 2] and spread.min == pytest.approx(spread.max, rel=1e-6)
+        assert run.rank_spread("loss", kind="scalar").steps == [0, 1, 2, 3]
     assert os.path.isfile(tmp_path / "ddp" / "graph.svg")
 
 

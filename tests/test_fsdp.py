@@ -29,20 +29,25 @@ def _run(tmp_path, ranks: int) -> None:
 def test_fsdp2_records_full_parameter_statistics(tmp_path, ranks):
     _run(tmp_path, ranks)
     run = ga.open_run(tmp_path / "run")
-    assert run.ranks == list(range(ranks))
-    for r in range(ranks):
-        expected = json.loads((tmp_path / f"expected-rank{r}.json").read_text())
-        reader = run.rank(r)
-        assert reader.keys("param") == expected["names"]         # unsharded names, no prefix
-        assert len(reader.keys("node")) > 10
-        for stat in STATS:
-            for name in expected["names"]:
-                got = reader.param_series(name, stat)
-                assert got.steps == [0, 1, 2], (name, stat)
-                assert got.values == pytest.approx(expected[stat][name], rel=1e-6, abs=1e-12), (name, stat)
-        assert expected["trace_params"] == sorted(expected["names"])     # no anonymous leaves
-        assert expected["trace_leaves"] == []
-        assert expected["diagnose_errors"] == []
-        assert expected["warnings"] == []
-        graph = reader.graph()
-        assert set(graph.params) == set(expected["names"])
+    assert run.ranks == [0] and run.world_size == ranks      # 2 ranks: gathered into rank 0's store
+    expected = [json.loads((tmp_path / f"expected-rank{r}.json").read_text()) for r in range(ranks)]
+    reader, names = run.rank(0), expected[0]["names"]
+    assert reader.keys("param") == names         # unsharded names, no prefix
+    assert len(reader.keys("node")) > 10
+    for stat in STATS:
+        for name in names:
+            got = reader.param_series(name, stat)
+            assert got.steps == [0, 1, 2], (name, stat)
+            assert got.values == pytest.approx(expected[0][stat][name], rel=1e-6, abs=1e-12), (name, stat)
+            if ranks > 1:       # every rank holds the full parameter's statistics, not its shard's
+                spread = run.rank_spread(name, stat)
+                for r in range(ranks):
+                    for got in (spread.min, spread.mean, spread.max):
+                        assert got == pytest.approx(expected[r][stat][name], rel=1e-6, abs=1e-12), (name, stat)
+    for e in expected:
+        assert e["trace_params"] == sorted(e["names"])     # no anonymous leaves
+        assert e["trace_leaves"] == []
+        assert e["diagnose_errors"] == []
+        assert e["warnings"] == []
+    graph = reader.graph()
+    assert set(graph.params) == set(names)

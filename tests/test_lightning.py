@@ -103,16 +103,19 @@ def test_fit_is_recorded_once_per_optimizer_step(tmp_path, case):
         assert max(total) == pytest.approx(0.01, rel=1e-3)             # read after clipping
 
 
-def test_ddp_strategy_in_two_processes_records_every_rank(tmp_path):
+def test_ddp_strategy_in_two_processes_gathers_every_rank(tmp_path):
     proc = subprocess.run([sys.executable, str(JOB), str(tmp_path)], capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     run = ga.open_run(tmp_path / "run")
-    assert run.ranks == [0, 1] and run.world_size == 2
-    for rank in (0, 1):
+    assert run.ranks == [0] and run.world_size == 2 and run.meta["ranks"] == "gather"
+    assert run.steps() == [1, 2, 3]
+    assert run.keys("param") == ["net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias"]
+    spread = run.rank_spread("net.0.weight", "grad_norm")
+    assert spread.steps == [1, 2, 3]
+    for rank in (0, 1):     # DDP averaged the gradients: both ranks read the same norms
         truth = json.loads((tmp_path / f"truth-{rank}.json").read_text())
-        reader = run.rank(rank)
-        assert reader.steps() == [1, 2, 3]
-        assert reader.keys("param") == ["net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias"]
-        got = reader.param_series("net.0.weight").values
-        assert got == pytest.approx([truth[str(s)] for s in (1, 2, 3)], rel=1e-6)
+        want = [truth[str(s)] for s in (1, 2, 3)]
+        assert spread.min == pytest.approx(want, rel=1e-6) and spread.max == pytest.approx(want, rel=1e-6)
+        if rank == 0:
+            assert run.param_series("net.0.weight").values == pytest.approx(want, rel=1e-6)

@@ -64,13 +64,15 @@ class RecorderCallback(pl.Callback):
         self._close()
 
     def on_exception(self, trainer, pl_module, exception) -> None:
-        self._close()
+        self._close(exception)
 
     def teardown(self, trainer, pl_module, stage) -> None:
         self._close()
 
-    def _close(self) -> None:
+    def _close(self, exception: BaseException | None = None) -> None:
         self._loss = None
         if self.recorder is not None:
             recorder, self.recorder = self.recorder, None
-            recorder.close()
+            # closing on an exception: like leaving a `with` block (a gathered run then does
+            # not wait for the other ranks' last gather)
+            recorder.__exit__(type(exception) if exception else None, exception, None)

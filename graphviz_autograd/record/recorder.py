@@ -31,6 +31,8 @@ from graphviz_autograd.live.modules import ModuleTracker
 from graphviz_autograd.live.tensors import is_sharded, plain, shard_groups
 from graphviz_autograd.record import stats
 from graphviz_autograd.record.capture import Capture
+from graphviz_autograd.record.gather import open_gathered
+from graphviz_autograd.record.gather_options import check_detail_ranks, check_ranks
 from graphviz_autograd.record.incidents import IncidentOptions, Incidents, check_action
 from graphviz_autograd.record.rows import ParamSet, step_rows
 from graphviz_autograd.record.scalars import scalar_value
@@ -45,12 +47,13 @@ _NO_CAPTURE = types.SimpleNamespace(slots=[], node_acts={}, acts={})     # a ste
 
 
 class Recorder:
-    """Hooks a model (and optionally its optimizer) and writes one store per rank.
+    """Hooks a model (and optionally its optimizer) and writes the run store.
 
     Args:
         model: the network being trained (DistributedDataParallel, FSDP2 and
             ``torch.compile`` wrappers work; parameters are named as in the plain model).
-        run_dir: directory of the run; one ``rank-<r>.gva.sqlite`` per process.
+        run_dir: directory of the run: ``rank-0.gva.sqlite`` (one ``rank-<r>.gva.sqlite`` per
+            process with ``ranks="each"``).
         optimizer: when given, learning rates and update/parameter ratios
             ``||w_after - w_before|| / ||w_after||`` are recorded; parameter norms are then
             measured right after ``optimizer.step()`` (in the same pass), else at ``log()``.
@@ -73,6 +76,16 @@ class Recorder:
         on_incident: ``"record"`` (default), ``"raise"`` (stop training with the incident's
             summary as an :class:`~graphviz_autograd.errors.IncidentError`, after the store is
             flushed and the detail steps taken), or a function called with each incident.
+        ranks: with several ranks, ``"gather"`` (the default): make the Recorder on every rank;
+            on each recorded step the ranks' statistics are reduced through torch.distributed
+            and rank 0 alone writes one store with, for every statistic and scalar, the min,
+            mean and max over the ranks and the ranks holding them (``run.rank_spread``), and
+            flags outlier ranks (``run.outliers``); no other rank touches the filesystem
+            (``record/gather.py``). ``"each"``: every rank writes its own store into
+            ``run_dir``. A :class:`~graphviz_autograd.record.gather_options.GatherOptions`
+            gathers with other timeouts or outlier bounds.
+        detail_ranks: ranks whose full statistics rank 0 keeps at every recorded step when
+            gathering (default rank 0 only); outlier ranks are kept at the steps they stand out.
 
     A recorded step captures the autograd nodes made between the previous ``log()`` and
     this one on the thread calling ``log()`` (a forward through a submodule,
@@ -86,7 +99,8 @@ class Recorder:
     def __init__(self, model: torch.nn.Module, run_dir, *, optimizer=None, every: int = 50,
                  record=WHAT, overwrite: bool = False, flush_interval: float = 2.0,
                  source: bool = True, meta: dict | None = None, scaler=None,
-                 incidents: bool | IncidentOptions = True, on_incident="record"):
+                 incidents: bool | IncidentOptions = True, on_incident="record", ranks=None,
+                 detail_ranks=(0,)):
         if not isinstance(model, torch.nn.Module):
             raise ConfigError(f"Recorder needs the model (an nn.Module) first, got {describe(model)}; "
                               "call ga.Recorder(model, 'runs/name', optimizer=opt)")
@@ -118,13 +132,21 @@ class Recorder:
         self.scaler = scaler
         self.source = source
         rank, world = rank_and_world()
+        gather, detail_ranks = check_ranks(ranks, world), check_detail_ranks(detail_ranks, world)
         # Name things after the wrapped model (DDP, torch.compile), so a 2-rank run, a compiled
         # run and a single-process run share ids (conv1.weight, not module.conv1.weight).
         self._named = unwrap(model)
         self._compiled = is_compiled(model)
         self._params = ParamSet(*_parameters(self._named))
-        self._writer = RunWriter(run_dir, rank=rank, world_size=world, overwrite=overwrite,
-                                 flush_interval=flush_interval, meta=_run_meta(self, meta))
+        run_meta = _run_meta(self, meta)
+        self._gather = None if gather is None else open_gathered(
+            run_dir, rank=rank, world=world, options=gather, detail_ranks=detail_ranks, every=every,
+            optimizer=optimizer, writer_options=dict(overwrite=overwrite, flush_interval=flush_interval,
+                                                     meta={**run_meta, "ranks": "gather",
+                                                           "detail_ranks": list(detail_ranks)}))
+        self._writer = self._gather or RunWriter(run_dir, rank=rank, world_size=world,
+                                                 overwrite=overwrite, flush_interval=flush_interval,
+                                                 meta=run_meta)
         self.run_dir = str(self._writer.run_dir)
         self.rank, self.world_size = rank, world
         self._versions: dict[str, int] = {}
@@ -149,6 +171,8 @@ class Recorder:
         if incidents is not False:
             options = incidents if isinstance(incidents, IncidentOptions) else IncidentOptions()
             self._incidents = Incidents(options, action, self._writer, parameter_names(self._named))
+        if self._gather is not None:
+            self._gather.incidents = self._incidents        # a detailing rank asks all for detail
         self._node_ids: dict = {}       # live node -> graph id, of nodes an incident names
         self._reset_step()
         self._armed = False
@@ -170,6 +194,8 @@ class Recorder:
         self._step_scale = None
 
     def _recording_this_step(self) -> bool:
+        if self._gather is not None:        # decided alike on every rank
+            return self._gather.recording_next()
         return self._logged % self.every == 0 or (self._incidents is not None and self._incidents.detailing)
 
     # -- hooks --------------------------------------------------------------------
@@ -443,6 +469,8 @@ class Recorder:
         return self
 
     def __exit__(self, *exc) -> None:
+        if exc[0] is not None and self._gather is not None:
+            self._gather.abandon()          # the other ranks may not be closing: no last gather
         self.close()
 
     def __repr__(self) -> str:
@@ -474,6 +502,8 @@ def _parameters(model: torch.nn.Module):
 
 def _finalize(writer: RunWriter) -> None:
     try:
+        if hasattr(writer, "abandon"):     # gathered: no collective at garbage collection or exit
+            writer.abandon()
         writer.close()
     except Exception:  # noqa: BLE001 - at interpreter exit, best effort
         pass

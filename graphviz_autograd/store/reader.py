@@ -18,7 +18,7 @@ from typing import Any, Iterator
 from graphviz_autograd.errors import GraphvizAutogradError, StoreError
 from graphviz_autograd.graph.model import Graph
 from graphviz_autograd.graph.serialize import from_json
-from graphviz_autograd.store import chunks
+from graphviz_autograd.store import chunks, spread
 from graphviz_autograd.store.schema import (BUSY_TIMEOUT_S, STATS, STORE_GLOB, GraphVersion,
                                             Incident, Series, check_kind, check_stat, check_store, Closing,
                                             decode)
@@ -91,13 +91,17 @@ class RankReader(Closing):
         """Highest recorded step, or None before the first flush."""
         return self._fetch("SELECT max(step) FROM steps")[0][0]
 
-    def scalar_names(self) -> list[str]:
-        """Names of the recorded scalars, sorted."""
+    def scalar_names(self, derived: bool = False) -> list[str]:
+        """Names of the recorded scalars, sorted; in a gathered run without the spreads and
+        other ranks' values (``loss@max``, ``loss@rank3``) unless ``derived``."""
         rows = self._fetch(  # skip-scan over the primary key: one lookup per name, not per row
             "WITH RECURSIVE n(name) AS (SELECT min(name) FROM scalars UNION ALL "
             "SELECT (SELECT min(name) FROM scalars WHERE name > n.name) FROM n "
             "WHERE n.name IS NOT NULL) SELECT name FROM n WHERE name IS NOT NULL")
-        return [row[0] for row in rows]
+        names = [row[0] for row in rows]
+        if not derived and spread.is_gathered(self.meta):
+            names = [n for n in names if not spread.is_derived_scalar(n)]
+        return names
 
     def series(self, name: str) -> Series:
         """Values of scalar ``name`` by step (steps where it is None are skipped)."""
@@ -129,6 +133,20 @@ class RankReader(Closing):
                                 tuple(data.get("nodes") or ()), tuple(data.get("detail_steps") or ()),
                                 data.get("origin")))
         return out
+
+    def rank_spread(self, key: str, stat: str | None = None, kind: str = "param") -> spread.Spread:
+        """``stat`` of ``key`` over the ranks of a gathered run, by recorded step
+        (:func:`graphviz_autograd.store.spread.rank_spread`)."""
+        return spread.rank_spread(self, key, stat, kind)
+
+    def outliers(self, step: int | None = None) -> list[spread.Outlier]:
+        """Ranks flagged as outliers at ``step`` (all steps when None), with why."""
+        return spread.outliers(self, step)
+
+    def rank_stats_at(self, step: int, rank: int, kind: str = "param",
+                      stats: tuple[str, ...] = ("grad_norm",)) -> dict[str, dict[str, float]]:
+        """``{stat: {key: value}}`` of one rank at ``step`` (its detail, where kept)."""
+        return spread.rank_stats_at(self, step, rank, kind, stats)
 
     def graph_versions(self) -> list[GraphVersion]:
         """Every distinct graph structure, by version."""

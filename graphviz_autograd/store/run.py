@@ -13,6 +13,7 @@ from typing import Any
 
 
 from graphviz_autograd.errors import RunNotFoundError, StoreError
+from graphviz_autograd.store import spread
 from graphviz_autograd.store.reader import RankReader, scan_ranks
 from graphviz_autograd.store.schema import STORE_GLOB, Closing
 
@@ -55,6 +56,17 @@ class Run(Closing):
                 raise StoreError(f"no rank {r} in {self.path}; available ranks: {self.ranks}")
             self._readers[r] = RankReader(files[r])
         return self._readers[r]
+
+    def rank_spread(self, key: str, stat: str | None = None, kind: str = "param") -> spread.Spread:
+        """``stat`` of ``key`` over the ranks, by recorded step: min, mean, max and the ranks
+        holding the min and the max (``kind="scalar"`` for a logged scalar, without stat).
+
+        Read from a gathered run's store, or computed from the ranks' stores of a run
+        recorded with ``ranks="each"``.
+        """
+        if spread.is_gathered(self.meta):
+            return self._primary.rank_spread(key, stat, kind)
+        return spread.spread_from_ranks({r: self.rank(r) for r in self.ranks}, key, stat, kind)
 
     def close(self) -> None:
         """Close every open rank reader."""

@@ -27,6 +27,9 @@ STATS = ("grad_norm", "grad_mean", "grad_std", "grad_absmax", "grad_zero_frac", 
          "grad_inf", "param_norm", "update_ratio", "act_mean", "act_std", "act_zero_frac",
          "act_sat_frac")
 KINDS = ("param", "node", "module")
+# A gathered run (Recorder(ranks="gather"), store/spread.py) adds derived kinds "<kind>@<spread>"
+# (over ranks) and "<kind>@rank<r>" (one rank's detail), and the table `outliers`.
+SPREADS = ("min", "mean", "max", "min_rank", "max_rank")
 MAX_BUFFERED_ROWS = 1_000_000  # flush early past this many buffered stat rows (memory bound)
 STAT_SET = frozenset(STATS)
 _NAN = "NaN"
@@ -45,6 +48,7 @@ CREATE TABLE chunks(id INTEGER PRIMARY KEY, key_id INTEGER, first_step INTEGER, 
                     n INTEGER, stride INTEGER, steps BLOB, {", ".join(s + " BLOB" for s in STATS)});
 CREATE UNIQUE INDEX chunks_by_key ON chunks(key_id, first_step);
 CREATE TABLE incidents(id INTEGER PRIMARY KEY, step INTEGER, kind TEXT, summary TEXT, data TEXT);
+CREATE TABLE outliers(step INTEGER, rank INTEGER, why TEXT, data TEXT, PRIMARY KEY(step, rank)) WITHOUT ROWID;
 """
 INSERT_CHUNK = (f"INSERT OR REPLACE INTO chunks(key_id, first_step, last_step, n, stride, steps, "
                  f"{', '.join(STATS)}) VALUES ({', '.join('?' * (len(STATS) + 6))})")
@@ -117,7 +121,11 @@ def check_stat(stat: str) -> str:
 
 def check_kind(kind: str) -> str:
     if kind not in KINDS:
-        raise StoreError(f"unknown key kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+        base, at, suffix = kind.partition("@") if isinstance(kind, str) else ("", "", "")
+        derived = suffix in SPREADS or (suffix[:4] == "rank" and suffix[4:].isdigit())
+        if not (at and base in KINDS and derived):
+            raise StoreError(f"unknown key kind {kind!r}; valid kinds: {', '.join(KINDS)}, or "
+                             f"'<kind>@<{'|'.join(SPREADS)}>' and '<kind>@rank<r>' in a gathered run")
     return kind
 
 

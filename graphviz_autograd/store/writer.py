@@ -80,6 +80,7 @@ class RunWriter(Closing):
         self._readded = False       # a buffered step was added again (rows need deduplicating)
         self._graphs, self._keys, self._steps, self._scalars = [], [], [], []
         self._incidents: dict[int, tuple] = {}  # id -> row, written (again) at the next flush
+        self._outliers: dict[tuple[int, int], tuple] = {}   # (step, rank) -> row (a gathered run)
         self._pending: dict[int, list] = {}   # key_id -> [step, *STATS, step, ...] not yet written
         self._n_pending = 0
         self._open: dict[int, list] = {}      # key_id -> its last chunk (flat) while it is short
@@ -153,6 +154,39 @@ class RunWriter(Closing):
         except (TypeError, ValueError) as exc:
             raise StoreError(f"incident {incident_id} at step {step}: data must be JSON-able ({exc})") from exc
         self._incidents[int(incident_id)] = (int(incident_id), int(step), str(kind), str(summary), text)
+
+    def add_outlier(self, step: int, rank: int, why: str, data: dict) -> None:
+        """Buffer that ``rank`` was an outlier among the ranks at ``step`` (a gathered run)."""
+        self._check_open()
+        try:
+            text = json.dumps(data, allow_nan=True, default=str)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"outlier rank {rank} at step {step}: data must be JSON-able ({exc})") from exc
+        self._outliers[(int(step), int(rank))] = (int(step), int(rank), str(why), text)
+
+    def add_late(self, step: int, *, scalars: dict[str, float] | None = None,
+                 stats: dict[str, list] | None = None) -> None:
+        """Buffer scalars and statistics of a step added before (a gathered run writes the
+        spreads of a step when the next recorded step brings them).
+
+        Per key, steps must still increase: ``stats`` keys must have no later step yet.
+        """
+        self._check_open()
+        step = int(step)
+        try:
+            rows = [(name, step, encode(value)) for name, value in (scalars or {}).items()]
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"step {step}: scalar values must be numbers or None ({exc})") from exc
+        staged: list[list] = []
+        try:
+            for kind, entries in (stats or {}).items():
+                self._stat_rows(check_kind(kind), entries, step, staged)
+        except BaseException:
+            for pending in staged:
+                del pending[-ROW_WIDTH:]
+            raise
+        self._scalars.extend(rows)
+        self._n_pending += len(staged)
 
     def add_step(self, step: int, *, wall_time: float, graph_version: int | None,
                  scalars: dict[str, float],
@@ -247,12 +281,15 @@ class RunWriter(Closing):
             StoreError: Disk full, file not writable, ...; the buffer is kept for a retry.
         """
         self._check_open()
-        if self._steps or self._graphs or self._keys or self._incidents:
+        if (self._steps or self._graphs or self._keys or self._incidents or self._outliers
+                or self._scalars or self._pending):
             conn = self._conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 conn.executemany("INSERT OR REPLACE INTO incidents VALUES (?, ?, ?, ?, ?)",
                                  list(self._incidents.values()))
+                conn.executemany("INSERT OR REPLACE INTO outliers VALUES (?, ?, ?, ?)",
+                                 list(self._outliers.values()))
                 conn.executemany("INSERT INTO graphs VALUES (?, ?, ?, ?, ?)", self._graphs)
                 conn.executemany("INSERT INTO keys VALUES (?, ?, ?)", self._keys)
                 conn.executemany("INSERT OR REPLACE INTO steps VALUES (?, ?, ?)", self._steps)
@@ -269,7 +306,7 @@ class RunWriter(Closing):
             if self._steps:
                 self._written_max = max(row[0] for row in self._steps)
             for buffer in (self._graphs, self._keys, self._steps, self._scalars, self._pending,
-                           self._incidents):
+                           self._incidents, self._outliers):
                 buffer.clear()
             self._n_pending = 0
             self._open = opened
