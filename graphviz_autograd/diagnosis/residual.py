@@ -18,8 +18,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
+
+from graphviz_autograd.live.tensors import plain
 
 from graphviz_autograd.diagnosis import blocked, numeric, scales
 from graphviz_autograd.diagnosis.findings import Finding, FindingKind, Severity
@@ -136,6 +139,9 @@ SMALL = 1 << 16      # scales (norm weights, layer scales) are vectors of this s
 def _absmax(p: torch.Tensor) -> float:
     """max |p| for a small tensor (a scale); its norm, an upper bound, for a big one (a weight
     matrix gates only when nearly all zero, which the norm shows as well)."""
+    p = plain(p)        # a DTensor's local shard; never torch ops on other subclasses
+    if p is None:
+        return math.inf
     if not p.numel():
         return 0.0
     if p.numel() <= SMALL:
@@ -145,6 +151,9 @@ def _absmax(p: torch.Tensor) -> float:
 
 def _norm(g: torch.Tensor) -> float:
     """||g||, exactly 0.0 only when every element is 0 (float32 squares can underflow)."""
+    g = plain(g)
+    if g is None:
+        return math.nan
     value = float(torch.linalg.vector_norm(g.detach()))
     if value == 0.0 and bool(g.detach().any()):
         value = float(torch.linalg.vector_norm(g.detach().double()))
