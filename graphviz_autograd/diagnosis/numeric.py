@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from graphviz_autograd.live.tensors import plain
+
 from graphviz_autograd.diagnosis.findings import Finding, FindingKind, LayerStats, Severity, plural
 from graphviz_autograd.live.nodes import forward_name
 from graphviz_autograd.diagnosis.watch import tag
@@ -136,8 +138,10 @@ def layer_stats(model: torch.nn.Module, grads: dict, order: dict[str, int]) -> l
         for pname, p in module.named_parameters(recurse=False):
             full = f"{path}.{pname}" if path else pname
             g = grads.get(full)
-            if not p.requires_grad or g is None:
+            p = plain(p)            # a DTensor's shard; None for freed or unreadable data
+            if p is None or not p.requires_grad or g is None or plain(g) is None:
                 continue
+            g = plain(g)
             has_grad = True
             gn = float(torch.linalg.vector_norm(g.detach().double()))
             nonfinite |= not math.isfinite(gn)

@@ -38,13 +38,25 @@ def is_dtensor(t) -> bool:
 
 def plain(t: torch.Tensor) -> torch.Tensor | None:
     """A plain tensor holding ``t``'s data on this process: ``t`` itself, the local shard of
-    a DTensor, or None for a subclass whose data cannot be read safely."""
-    if type(t) in PLAIN_TYPES:
-        return t
-    if is_dtensor(t):
-        local = t.to_local()
-        return local if type(local) in PLAIN_TYPES else None
-    return None
+    a DTensor, or None for a subclass whose data cannot be read safely, or a tensor whose
+    storage was freed or shrunk under it (FSDP frees unsharded parameters that way, and
+    torch ops on them read freed memory)."""
+    if type(t) not in PLAIN_TYPES:
+        if not is_dtensor(t):
+            return None
+        t = t.to_local()
+        if type(t) not in PLAIN_TYPES:
+            return None
+    return t if fits_storage(t) else None
+
+
+def fits_storage(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements lie inside its storage (~1 us: not for every hot-path tensor)."""
+    try:
+        end = (t.storage_offset() + t.numel()) * t.element_size()
+        return t.numel() == 0 or t.untyped_storage().nbytes() >= end
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
 
 
 def is_sharded(t) -> bool:
