@@ -103,8 +103,23 @@ def slider_props(latest):
     if not latest or latest.get("latest") is None:
         return 0, 1, None
     lo, hi = latest["first"], latest["latest"]
-    ticks = {lo + round(i * (hi - lo) / 4) for i in range(5)} if hi > lo else {lo}
-    return lo, max(hi, lo + 1) if hi == lo else hi, {int(t): str(int(t)) for t in sorted(ticks)}
+    return lo, max(hi, lo + 1) if hi == lo else hi, {t: str(t) for t in nice_ticks(lo, hi)}
+
+
+def nice_ticks(lo: int, hi: int, most: int = 6) -> list[int]:
+    """Round step numbers for the slider: multiples of 1, 2 or 5 x 10^k, plus both ends."""
+    if hi <= lo:
+        return [lo]
+    span = hi - lo
+    for k in range(0, 12):
+        for m in (1, 2, 5):
+            gap = m * 10 ** k
+            if span / gap <= most - 1:
+                first = -(-lo // gap) * gap
+                inner = [t for t in range(first, hi + 1, gap) if lo < t < hi and
+                         min(t - lo, hi - t) >= gap / 3]
+                return [lo, *inner, hi]
+    return [lo, hi]
 
 
 # -- step selection --------------------------------------------------------------------

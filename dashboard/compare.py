@@ -80,7 +80,7 @@ def compare_figure(src: DataSource, runs, kind, key, stat, _n):
     runs = [r for r in (runs or []) if r][:MAX_RUNS]
     if not runs:
         return (figures.empty_figure("pick runs above (or open /?runs=a,b) to overlay them"),
-                {"height": "200px"}, "")
+                {"height": "80px"}, "")
     curves: dict[str, dict[str, tuple[list, list]]] = {}
     problems = []
     for choice in runs:
@@ -133,7 +133,7 @@ def overlay_figure(curves: dict[str, dict[str, tuple[list, list]]], key_row: str
                  "title": {"text": figures.plot_text(name) + (" (log)" if log else ""),
                            "font": {"size": 11}}}
         if log:
-            yaxis.update(figures.log_axis())
+            yaxis.update(figures.log_axis(min(every), max(every)))
         layout[f"yaxis{axis}"] = yaxis
         for k, (run, rows) in enumerate(curves.items()):
             steps, values = rows.get(name, ([], []))

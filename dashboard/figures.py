@@ -48,9 +48,15 @@ def is_learning_rate(name: str) -> bool:
     return bool(_LR.search(name))
 
 
-def log_axis(**extra) -> dict:
-    """A log axis whose every tick label is a full number (never a bare "2" or "5")."""
-    return {"type": "log", "tickformat": ".2~g", "exponentformat": "e", **extra}
+def log_axis(lo: float | None = None, hi: float | None = None, **extra) -> dict:
+    """A log axis whose every tick label is a full number (never a bare "2" or "5"); given its
+    range, ticks at 1-2-5 per decade up to 3 decades, powers of ten beyond (labels never crowd)."""
+    axis = {"type": "log", "tickformat": ".2~g", "exponentformat": "e"}
+    if lo and hi and hi > lo > 0:
+        decades = math.log10(hi / lo)
+        axis["dtick"] = "D2" if decades <= 3 else (1 if decades <= 10 else 2)
+    axis.update(extra)
+    return axis
 
 
 def base_layout(title: str = "", **extra) -> dict:
@@ -99,7 +105,7 @@ def loss_figure(steps: list[int], values: list[float], step: int | None, revisio
                          hovermode="closest", shapes=step_shape(step))
     layout["xaxis"].update(title={"text": "step"})
     if log:
-        layout["yaxis"].update(log_axis())
+        layout["yaxis"].update(log_axis(min(finite), max(finite)))
     return {"data": [trace], "layout": layout}
 
 
@@ -131,7 +137,7 @@ def metrics_figure(series: dict[str, tuple[list[int], list[float]]], step: int |
         yaxis = {"domain": [max(0.0, top - height), top], "gridcolor": "#eeeeee", "zeroline": False,
                  "title": {"text": label, "font": {"size": 11}}}
         if log:
-            yaxis.update(log_axis())
+            yaxis.update(log_axis(min(finite), max(finite)))
         layout[f"yaxis{axis}"] = yaxis
         data.append(_line(steps, values, name, LINE_COLORS[(i + 1) % len(LINE_COLORS)],
                           yaxis=f"y{axis}", hovertemplate=f"{plot_text(name)} %{{y:.4g}}<extra></extra>"))
@@ -147,14 +153,16 @@ def node_figure(series: dict[str, tuple[list[int], list[float]]], step: int | No
         return empty_figure("no statistics recorded for this node")
     data = []
     positive = True
+    seen: list[float] = []
     for i, (name, (steps, values)) in enumerate(series.items()):
         data.append(_line(steps, values, name, LINE_COLORS[i % len(LINE_COLORS)],
                           hovertemplate=f"{plot_text(name)} %{{y:.3g}} @ %{{x}}<extra></extra>"))
         positive &= all(v is None or not math.isfinite(v) or v > 0 for v in values)
+        seen += [v for v in values if v is not None and math.isfinite(v)]
     layout = base_layout(title, showlegend=True, uirevision=revision, shapes=step_shape(step))
     layout["xaxis"]["title"] = {"text": "step"}
-    if positive:
-        layout["yaxis"].update(log_axis())
+    if positive and seen:
+        layout["yaxis"].update(log_axis(min(seen), max(seen)))
     return {"data": data, "layout": layout}
 
 
@@ -194,7 +202,8 @@ def flow_figure(flow: Flow, step: int | None) -> dict:
     grouped = sum(m > 1 for m in flow.members)
     title = f"gradient flow at step {step}" + (" · modules grouped" if grouped else "")
     layout = base_layout(title, barmode="overlay", showlegend=True)
-    layout["xaxis"].update(log_axis(range=[math.log10(lo), math.log10(hi)], title={"text": "|grad|"}))
+    layout["xaxis"].update(log_axis(lo, hi, range=[math.log10(lo), math.log10(hi)],
+                                    title={"text": "|grad|"}))
     layout["yaxis"].update(autorange="reversed", automargin=True, tickfont={"size": 11})
     return {"data": bars, "layout": layout}
 
@@ -258,7 +267,7 @@ def rank_figure(names: list[str], a: list[float | None], b: list[float | None], 
     values = [v for v in _clean(a) + _clean(b) if v is not None]
     layout = base_layout(title, barmode="group", showlegend=True)
     if values and min(values) > 0:
-        layout["yaxis"].update(log_axis())
+        layout["yaxis"].update(log_axis(min(values), max(values)))
     layout["xaxis"].update(tickangle=-45, automargin=True, tickfont={"size": 11})
     layout["margin"]["b"] = 90
     return {"data": data, "layout": layout}

@@ -16,7 +16,7 @@ from graphviz_autograd.graph.fold import (MODULE_PREFIX, all_modules, depth_coun
 from graphviz_autograd.graph.model import Graph
 
 AUTO_MAX_NODES = 60            # the first view shows at most this many boxes (a screenful)
-AUTO_BUDGETS = (60, 44, 32, 24, 16)   # tried in turn until the layout fits the screen
+AUTO_BUDGETS = (60, 50, 40, 32, 26, 20, 16)   # tried in turn until the layout fits the screen
 AUTO_KEEP_NODES = 40           # graphs this small open whole
 GROUP_PREFIX = "group:"
 

@@ -88,14 +88,14 @@ def build_scene(view: View, engine: str = "auto", classes: dict[str, str] | None
     ``compounds``: draw open modules as boxes (default: up to :data:`COMPOUND_MAX_NODES` nodes).
     """
     g = view.graph
-    labels = {n.id: label_lines(n) for n in g.nodes}
+    if compounds is None:
+        compounds = len(g) <= COMPOUND_MAX_NODES
+    labels = {n.id: label_lines(n, short=compounds) for n in g.nodes}   # boxes name the module
     sizes = {nid: box_size(lines) for nid, lines in labels.items()}
     order = [n.id for n in g.nodes]
     positions, used, broken = layout(order, sizes, [(e.src, e.dst) for e in g.edges], view.parent,
                                      view.groups, engine)
     classes = classes or {}
-    if compounds is None:
-        compounds = len(g) <= COMPOUND_MAX_NODES
     els: list[dict] = []
     # A module whose members a wrapped layout put in two columns gets no box.
     holding = set(view.parent.values()) - broken if compounds else set()

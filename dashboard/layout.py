@@ -50,7 +50,8 @@ def deferred() -> dict[str, object]:
         ids.NODE_FIG_SLOT: _figure(ids.NODE_FIG, "260px"),
         ids.FLOW_SLOT: _figure(ids.FLOW, "520px"),
         ids.HEATMAP_SLOT: _figure(ids.HEATMAP, "520px"),
-        ids.CMP_SLOT: _figure(ids.CMP_FIG, "560px"),
+        ids.CMP_SLOT: html.Div([html.Div(id=ids.CMP_INFO, className="gva-hint"),
+                                _figure(ids.CMP_FIG, "200px")]),
         ids.DIFF_SLOT: html.Div([
             html.Div(id=ids.DIFF_INFO, className="gva-diff-info"),
             cyto.Cytoscape(id=ids.DIFF_GRAPH, elements=[], layout=preset_layout(),
@@ -120,6 +121,7 @@ def graph_section() -> html.Section:
         className="gva-cy")
     detail = html.Aside(className="gva-detail", children=[
         html.Div(id=ids.LEGEND),
+        kind_legend(),
         html.Div(id=ids.DETAIL, children=html.P("Click a node to see its op, shapes, saved tensors "
                                                 "and gradient statistics.", className="gva-hint")),
         _slot(ids.NODE_FIG_SLOT, "260px"),
@@ -132,8 +134,7 @@ def graph_section() -> html.Section:
             html.Div(className="gva-graph-col", children=[
                 html.Div(className="gva-cy-wrap", children=[graph]),
                 html.Div(className="gva-under", children=[
-                    html.Span(id=ids.GRAPH_INFO, className="gva-graph-info"),
-                    kind_legend()]),
+                    html.Span(id=ids.GRAPH_INFO, className="gva-graph-info")]),
             ]),
             detail]),
     ])
@@ -166,7 +167,6 @@ def compare_runs_section() -> html.Section:
             dcc.Dropdown(id=ids.CMP_STAT, value="grad_norm", clearable=False, style={"width": "11rem"},
                          options=[{"label": s, "value": s} for s in CMP_STATS]),
         ]),
-        html.Div(id=ids.CMP_INFO, className="gva-hint"),
         _slot(ids.CMP_SLOT, "200px"),
     ])
 

@@ -22,17 +22,19 @@ from graphviz_autograd.graph.model import Node
 
 DOT_MAX_NODES = 2000
 DOT_TIMEOUT_S = 5.0
+RETRY_MAX_NODES = 160                # up to this size a layout also tries one column less and more
 FONT_PX = 12.0                       # node labels; the browser shows them at zoom >= 11/12
 CHAR_W, LINE_H, PAD_W, PAD_H = 7.2, 15.0, 16.0, 8.0
-SCREEN_W, SCREEN_H = 980.0, 560.0    # what a 1366x768 laptop shows of the graph, at zoom 11/12
+SCREEN_W, SCREEN_H = 1030.0, 630.0   # what a 1366x768 laptop shows of the graph, at zoom 11/12
 MAX_LABEL_CHARS = 48
 RANKSEP, NODESEP = 22.0, 18.0       # px, like the DOT render's 0.3 in / 0.25 in
 PT = 72.0                            # dot works in inches
 
 
-def label_lines(n: Node) -> tuple[str, ...]:
-    """The label of a node, line by line (the same text as the DOT render), each line capped."""
-    lines = tuple(p for p in node_label(n) if p)
+def label_lines(n: Node, short: bool = True) -> tuple[str, ...]:
+    """The label of a node, line by line (the same text as the DOT render: names relative to the
+    module box around them), each line capped."""
+    lines = tuple(p for p in node_label(n, short=short) if p)
     return tuple(p if len(p) <= MAX_LABEL_CHARS else p[:MAX_LABEL_CHARS - 1] + "…"
                  for p in lines) or (n.id,)
 
@@ -63,13 +65,35 @@ def layout(ids: list[str], sizes: dict[str, tuple[float, float]], edges: list[tu
     if engine in ("auto", "dot") and (engine == "dot" or len(ids) <= DOT_MAX_NODES):
         try:
             plan = compact_plan(ids, sizes, edges, parent, groups)
-            return dot_layout(ids, sizes, edges, parent, groups, plan=plan), "dot", plan.broken
+            pos = dot_layout(ids, sizes, edges, parent, groups, plan=plan)
+            if len(ids) <= RETRY_MAX_NODES:     # the plan estimates sizes: try one column less/more
+                best = (screen_zoom(pos, sizes), pos, plan)
+                for columns in (plan.columns - 1, plan.columns + 1):
+                    if columns >= 1:
+                        other = compact_plan(ids, sizes, edges, parent, groups, columns=columns)
+                        if other.columns == columns:
+                            pos2 = dot_layout(ids, sizes, edges, parent, groups, plan=other)
+                            best = max(best, (screen_zoom(pos2, sizes), pos2, other),
+                                       key=lambda b: b[0])
+                _zoom, pos, plan = best
+            return pos, "dot", plan.broken
         except (OSError, ValueError, RuntimeError, subprocess.SubprocessError):
             pass                         # no dot, or it failed: the layered layout still works
     return layered_layout(ids, sizes, edges, parent), "layered", frozenset()
 
 
-def compact_plan(ids, sizes, edges, parent, groups) -> Plan:
+def screen_zoom(pos: Positions, sizes) -> float:
+    """The zoom at which the whole layout fits :data:`SCREEN_W` x :data:`SCREEN_H`."""
+    if not pos:
+        return 1.0
+    xs = [(x - sizes[n][0] / 2, x + sizes[n][0] / 2) for n, (x, _y) in pos.items()]
+    ys = [(y - sizes[n][1] / 2, y + sizes[n][1] / 2) for n, (_x, y) in pos.items()]
+    width = max(b for _a, b in xs) - min(a for a, _b in xs) + 40
+    height = max(b for _a, b in ys) - min(a for a, _b in ys) + 40
+    return min(SCREEN_W / width, SCREEN_H / height)
+
+
+def compact_plan(ids, sizes, edges, parent, groups, columns: int | None = None) -> Plan:
     """The compact plan (hold edges, columns) for a layout shaped like :data:`SCREEN_W` x
     :data:`SCREEN_H`."""
     up = {gid: parent_gid for gid, _label, parent_gid in groups}
@@ -83,7 +107,7 @@ def compact_plan(ids, sizes, edges, parent, groups) -> Plan:
     known = set(ids)
     return plan_layout(ids, [(s, d) for s, d in edges if s in known and d in known], chains, sizes,
                        aspect=SCREEN_W / SCREEN_H, wrap_above=SCREEN_H, ranksep=RANKSEP,
-                       nodesep=NODESEP)
+                       nodesep=NODESEP, columns=columns)
 
 
 def to_dot_source(ids, sizes, edges, parent, groups, plan: Plan | None = None) -> str:

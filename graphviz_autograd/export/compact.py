@@ -137,7 +137,8 @@ def ranks(nodes: list[str], edges: list[tuple[str, str]]) -> dict[str, int]:
 
 def plan_layout(nodes: list[str], edges: list[tuple[str, str]], clusters: dict[str, tuple[str, ...]],
                 sizes: dict[str, Size], *, aspect: float = 1.6, wrap_above: float = 1400.0,
-                ranksep: float = 22.0, nodesep: float = 18.0, max_columns: int = 8) -> Plan:
+                ranksep: float = 22.0, nodesep: float = 18.0, max_columns: int = 8,
+                columns: int | None = None) -> Plan:
     """Hold edges and column cuts for a top-to-bottom layout of ``nodes``.
 
     Args:
@@ -149,6 +150,8 @@ def plan_layout(nodes: list[str], edges: list[tuple[str, str]], clusters: dict[s
         wrap_above: a drawing at most this tall stays one column.
         ranksep, nodesep: the gaps ``dot`` leaves between ranks and between nodes.
         max_columns: never more columns than this.
+        columns: exactly this many columns (when the graph can be cut so), instead of the
+            count whose shape comes closest to ``aspect``.
     """
     hold = hold_edges(nodes, edges)
     plan = Plan(hold=hold, column=dict.fromkeys(nodes, 0))
@@ -167,11 +170,12 @@ def plan_layout(nodes: list[str], edges: list[tuple[str, str]], clusters: dict[s
     for r in range(n_ranks):
         top[r + 1] = top[r] + tall[r] + ranksep
     height = top[-1]
-    if height <= wrap_above:
+    if (height <= wrap_above and columns is None) or columns == 1:
         return plan
     cost = _cut_costs(nodes, edges, clusters, rank, n_ranks)
-    best = (abs(math.log(max(max(wide), 1.0) / height / aspect)), [])
-    for c in range(2, min(max_columns, int(height / (0.6 * wrap_above))) + 1):
+    best = (math.inf if columns else abs(math.log(max(max(wide), 1.0) / height / aspect)), [])
+    counts = [columns] if columns else range(2, min(max_columns, int(height / (0.6 * wrap_above))) + 1)
+    for c in counts:
         cuts = _choose_cuts(c, top, cost)
         if not cuts:
             continue

@@ -13,6 +13,7 @@ Example:
 """
 from __future__ import annotations
 
+from graphviz_autograd.graph.fold import MODULE_PREFIX, node_module
 from graphviz_autograd.graph.model import Node, NodeKind
 from graphviz_autograd.export.style import human_bytes
 
@@ -41,11 +42,27 @@ def shown_shape(n: Node, show_shapes: bool = True) -> str:
     return n.outputs[0].short()
 
 
-def node_label(n: Node, show_shapes: bool = True) -> tuple[str, ...]:
-    """The label of ``n``, line by line: name (op, parameter, module) and output shape."""
+def short_name(n: Node) -> str:
+    """The name of a parameter or folded module inside the box of the module drawn around it
+    (``layer1.0.conv1.weight`` in ``layer1.0.conv1`` -> ``weight``; ``layer1.0`` -> ``0``)."""
+    if n.kind is NodeKind.PARAM:
+        home = node_module(n)
+        return n.param[len(home) + 1:] if home and n.param.startswith(home + ".") else n.param
+    if n.kind is NodeKind.MODULE and n.id.startswith(MODULE_PREFIX):
+        home = node_module(n)
+        return n.module[len(home) + 1:] if home and n.module.startswith(home + ".") else n.module
+    return n.param if n.kind is NodeKind.PARAM else n.module
+
+
+def node_label(n: Node, show_shapes: bool = True, short: bool = False) -> tuple[str, ...]:
+    """The label of ``n``, line by line: name (op, parameter, module) and output shape.
+
+    ``short``: parameters and folded modules are named relative to the module box drawn
+    around them (whose label says the rest), and a folded module gives only its size.
+    """
     shape = shown_shape(n, show_shapes)
     if n.kind is NodeKind.PARAM:
-        return (n.param, shape)
+        return (short_name(n) if short else n.param, shape)
     if n.kind is NodeKind.LEAF:
         return (n.id, shape)
     if n.kind is NodeKind.OUTPUT:
@@ -55,7 +72,10 @@ def node_label(n: Node, show_shapes: bool = True) -> tuple[str, ...]:
         return (f"saved {n.param}", shape, nbytes)
     if n.kind is NodeKind.MODULE:
         a = dict(n.attrs)
-        return (n.module, f"{plural(a.get('nodes', '?'), 'node')}: {a.get('ops', '')}")
+        size = plural(a.get("nodes", "?"), "node")
+        if short:
+            return (short_name(n), size)
+        return (n.module, f"{size}: {a.get('ops', '')}")
     return (n.op, shape)
 
 

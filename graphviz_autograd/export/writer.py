@@ -82,7 +82,7 @@ class DotWriter:
         extra = "" if fill == KIND_STYLE[n.kind][0] else f", fontcolor={q(text_color(fill))}"
         if n.id in self.highlight:
             border, extra = "#d62728", extra + ', penwidth="3"'
-        parts = node_label(n, self.show_shapes)
+        parts = node_label(n, self.show_shapes, short=self.clusters)
         line = (f"{q(name)} [label={lines_label(*parts)}, shape={shape}, style={q(style)}, "
                 f"fillcolor={q(fill)}, color={q(border)}, tooltip={q(tooltip(n))}, "
                 f"id={q('node:' + name)}{extra}]")

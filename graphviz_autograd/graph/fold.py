@@ -276,7 +276,8 @@ def fold_to_fit(graph: Graph, budget: int) -> frozenset[str]:
     """The module paths to fold so that at most ``budget`` nodes show, folding as little as it can.
 
     Starts from every top-level module folded and opens modules one at a time, shallow ones
-    first and, at one depth, in forward order, while the count stays within ``budget``. A
+    first and, at one depth, in forward order, while the count stays within ``budget`` (a
+    module that opens into many loose ops counts one level deeper). A
     module built like one already opened (repeated blocks: ``layer1.1`` after ``layer1.0``,
     eleven more encoder layers) stays folded, one node each: the overview shows a block's
     inside once and how often it repeats. When even the top level is over budget, the top
@@ -307,7 +308,10 @@ def fold_to_fit(graph: Graph, budget: int) -> frozenset[str]:
             sig = frozenset(shape[path].items())
             if sig in opened:
                 continue                       # a repeat of an opened block: stays folded
-            key = (path.count("."), first.get(path, 0), path)
+            # a module that opens into many loose ops (box decoding, losses) waits a level:
+            # modules made of modules show structure for fewer boxes
+            loose = grow > 4 * (len(kids) + 1)
+            key = (path.count(".") + loose, first.get(path, 0), path)
             if best is None or key < best[0]:
                 best = (key, path, grow, sig)
         if best is None:
