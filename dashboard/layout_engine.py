@@ -34,7 +34,7 @@ PT = 72.0                            # dot works in inches
 def label_lines(n: Node, short: bool = True) -> tuple[str, ...]:
     """The label of a node, line by line (the same text as the DOT render: names relative to the
     module box around them), each line capped."""
-    lines = tuple(p for p in node_label(n, short=short) if p)
+    lines = tuple(p for p in node_label(n, short=short, brief=True) if p)
     return tuple(p if len(p) <= MAX_LABEL_CHARS else p[:MAX_LABEL_CHARS - 1] + "…"
                  for p in lines) or (n.id,)
 

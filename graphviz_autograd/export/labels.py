@@ -54,11 +54,13 @@ def short_name(n: Node) -> str:
     return n.param if n.kind is NodeKind.PARAM else n.module
 
 
-def node_label(n: Node, show_shapes: bool = True, short: bool = False) -> tuple[str, ...]:
+def node_label(n: Node, show_shapes: bool = True, short: bool = False,
+               brief: bool = False) -> tuple[str, ...]:
     """The label of ``n``, line by line: name (op, parameter, module) and output shape.
 
     ``short``: parameters and folded modules are named relative to the module box drawn
-    around them (whose label says the rest), and a folded module gives only its size.
+    around them (whose label says the rest). ``brief``: a folded module gives only its size
+    (not its main ops).
     """
     shape = shown_shape(n, show_shapes)
     if n.kind is NodeKind.PARAM:
@@ -73,9 +75,10 @@ def node_label(n: Node, show_shapes: bool = True, short: bool = False) -> tuple[
     if n.kind is NodeKind.MODULE:
         a = dict(n.attrs)
         size = plural(a.get("nodes", "?"), "node")
-        if short:
-            return (short_name(n), size)
-        return (n.module, f"{size}: {a.get('ops', '')}")
+        name = short_name(n) if short else n.module
+        if brief and n.id.startswith(MODULE_PREFIX):       # repeated calls keep their summary
+            return (name, size)
+        return (name, f"{size}: {a.get('ops', '')}")
     return (n.op, shape)
 
 
