@@ -15,7 +15,7 @@ Example:
     >>> png_dpi(10.0, 5.0)                 # a 960 x 480 px drawing keeps 96 dpi
     96.0
     >>> round(png_dpi(300.0, 100.0), 1)    # 28,800 x 9,600 px would be too big
-    36.1
+    31.3
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ FORMATS = ("svg", "png", "pdf", "dot", "gv")
 DEFAULT_MAX_NODES = 2000
 PNG_DPI = 96.0
 PNG_MAX_SIDE = 16_000          # px
-PNG_MAX_PIXELS = 40_000_000    # about 160 MB of RGBA while cairo draws it
+PNG_MAX_PIXELS = 30_000_000    # about 120 MB of RGBA while cairo draws it; ~2-3 s
 
 
 def to_dot(graph: Graph, *, depth: int | None = None, show_shapes: bool = True,
