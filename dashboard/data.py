@@ -93,6 +93,7 @@ class DataSource:
         self._warmed: set[tuple[str, int | None]] = set()
         self._keys: dict[str, tuple[str, int, int, frozenset[str]]] = {}
         self._memo = _LRU(256)
+        self._folds = _LRU(64)         # folded module sets: cheap to keep, slow to find (layouts)
 
     # -- runs ------------------------------------------------------------------
     def run_names(self) -> list[str]:
@@ -182,9 +183,9 @@ class DataSource:
 
     def folded(self, graph: Graph, fingerprint: str, fold_state: dict | None) -> frozenset[str]:
         """The module paths folded for ``fold_state`` on ``graph`` (cached per graph)."""
-        return self._memo.get(("folded", fingerprint, json.dumps(fold_state, sort_keys=True)),
-                              lambda: folded_set(graph, fold_state, self.auto_max_nodes,
-                                                 lambda g: self.auto_folded(g, fingerprint)))
+        return self._folds.get((fingerprint, json.dumps(fold_state, sort_keys=True)),
+                               lambda: folded_set(graph, fold_state, self.auto_max_nodes,
+                                                  lambda g: self.auto_folded(g, fingerprint)))
 
     def auto_folded(self, graph: Graph, fingerprint: str) -> frozenset[str]:
         """What a graph opens with: the least folding (of :data:`fold.AUTO_BUDGETS`, at most
