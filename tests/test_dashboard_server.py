@@ -103,7 +103,7 @@ def test_runs_outside_the_root_are_never_opened(server, tmp_path):
         status, body = _post(port, refresh_payload(name, 1))
         assert status == 200 and b"SECRET_MODEL" not in body, name
         assert b"no run named" in body or b"cannot read run" in body, (name, body[:300])
-    for url in (f"/?run=..%2Foutside", "/_gva/elements?key=..%2F..%2Foutside%7C0%7Cv1",
+    for url in ("/?run=..%2Foutside", "/_gva/elements?key=..%2F..%2Foutside%7C0%7Cv1",
                 "/_gva/elements?key=/etc/passwd"):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}{url}", timeout=10) as r:

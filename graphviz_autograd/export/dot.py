@@ -30,8 +30,12 @@ from graphviz_autograd.errors import FormatError, RenderError
 from graphviz_autograd.graph.model import Graph
 from graphviz_autograd.graph.fold import depth_to_fit, fold_depth, fold_repeats
 from graphviz_autograd.graph.fold import focus as focus_module
-from graphviz_autograd.export.labels import node_label, q  # noqa: F401 (re-exported)
-from graphviz_autograd.export.writer import FAST_LAYOUT, DotWriter  # noqa: F401 (re-exported)
+from graphviz_autograd.export.labels import node_label, q
+from graphviz_autograd.export.writer import FAST_LAYOUT, DotWriter
+
+__all__ = ["DEFAULT_MAX_NODES", "FAST_LAYOUT", "FORMATS", "PNG_MAX_PIXELS", "PNG_MAX_SIDE",
+           "fill_ratio", "find_dot", "layout_size", "node_label", "png_dpi", "q", "render",
+           "run_dot", "to_dot", "to_graphviz", "to_svg"]
 
 FORMATS = ("svg", "png", "pdf", "dot", "gv")
 DEFAULT_MAX_NODES = 2000
