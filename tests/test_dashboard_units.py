@@ -290,3 +290,55 @@ def test_layout_has_every_id_once_and_reads_nothing(tmp_path):
 def test_is_loopback():
     assert SRV.is_loopback("127.0.0.1") and SRV.is_loopback("::1") and SRV.is_loopback("localhost")
     assert not SRV.is_loopback("0.0.0.0") and not SRV.is_loopback("192.168.1.4")
+
+
+# -- gradient charts at scale, comparison, ticks ------------------------------------------------
+def test_flow_chart_groups_200_parameters_by_module_and_keeps_problems_apart():
+    params = [f"stage{s}.block{b}.conv{c}.{w}" for s in range(4) for b in range(5) for c in range(5)
+              for w in ("weight", "bias")]
+    assert len(params) == 200
+    norm = {p: 0.1 for p in params}
+    norm["stage2.block3.conv1.weight"] = 0.0
+    del norm["stage3.block0.conv0.bias"]                      # no gradient at all
+    flow = build_flow(params, norm, norm, {p: 9 for p in params}, max_rows=30)
+    assert len(flow.labels) <= 30
+    assert flow.labels[:2] == ["stage3.block0.conv0.bias", "stage2.block3.conv1.weight"]
+    assert flow.state[:2] == [MISSING, ZERO]
+    assert all("params)" in label for label in flow.labels[2:])   # the rest grouped by module
+    assert sum(flow.members) == 200
+
+
+def test_heat_map_merges_columns_past_its_width_and_drops_no_step():
+    recorded = list(range(0, 4000, 10))                        # 400 recorded steps
+    heat = build_heat({"a.w": (recorded, [1.0] * 400)}, recorded, max_cols=150)
+    assert len(heat.firsts) <= 150 and sum(heat.counts) == 400
+    assert heat.edges[0] == 0 and heat.edges[-1] == 4000
+    assert all(v is not None for v in heat.z[0])
+
+
+def test_overlay_shares_one_step_axis_and_logs_learning_rates():
+    from graphviz_autograd.dashboard.compare import overlay_figure, split_choice
+
+    curves = {"sgd": {"loss": ([0, 1], [2.0, 1.0]), "lr": ([0, 1], [0.01, 0.01])},
+              "adam": {"loss": ([0, 1], [2.0, 0.5]), "lr": ([0, 1], [1e-3, 1e-3]),
+                       "test_acc": ([], [])}}
+    fig = overlay_figure(curves)
+    assert {t["name"] for t in fig["data"] if t["yaxis"] == "y"} == {"sgd", "adam"}
+    assert fig["layout"]["yaxis2"]["type"] == "log" and fig["layout"]["meta"]["rows"] == ["loss", "lr"]
+    assert all("xaxis" not in t for t in fig["data"])         # every trace on the one x axis
+    assert split_choice("ddp@1") == ("ddp", 1) and split_choice("a@b") == ("a@b", None)
+
+
+def test_slider_ticks_are_round_numbers():
+    from graphviz_autograd.dashboard.callbacks import nice_ticks
+
+    assert nice_ticks(0, 399) == [0, 100, 200, 300, 399]
+    assert nice_ticks(3, 3) == [3]
+    assert all(t % 20_000 == 0 for t in nice_ticks(0, 100_000))
+
+
+def test_log_axes_label_every_tick_in_full():
+    assert FIG.log_axis(1e-3, 0.05)["dtick"] == "D2" and FIG.log_axis(1e-9, 1.0)["dtick"] == 1
+    assert FIG.log_axis()["tickformat"] == ".2~g"
+    metrics = FIG.metrics_figure({"lr": ([0, 1], [0.01, 0.01]), "test_accuracy": ([], [])}, 1, "r")
+    assert len(metrics["data"]) == 1 and metrics["layout"]["yaxis"]["type"] == "log"
