@@ -1,6 +1,6 @@
 """Views a person can read and trust, checked in real Chromium against the real server.
 
-One server and one browser for the module. Runs: LeNet-5 recorded every 10 steps for 400
+One server and one browser for the module. Runs: LeNet-5 recorded every 2 steps for 80
 steps (40 recorded steps, an lr schedule), a net with an unused layer and dead ReLUs, three
 optimizers on one MLP, and the real graphs of a 452-node Faster R-CNN and a BERT-like
 encoder (traced, with synthetic statistics). Every assertion is computed from the page:
@@ -38,7 +38,7 @@ def _record(model, run_dir, steps: int, every: int, opt, sched=None) -> None:
 
     import graphviz_autograd as ga
 
-    with ga.Recorder(model, run_dir, optimizer=opt, every=every, flush_interval=0) as rec:
+    with ga.Recorder(model, run_dir, optimizer=opt, every=every) as rec:
         for step in range(steps):
             x, y = _digits(step)
             opt.zero_grad()
@@ -94,7 +94,7 @@ def runs_root(tmp_path_factory):
     torch.manual_seed(0)
     lenet = LeNet5()
     opt = torch.optim.SGD(lenet.parameters(), lr=0.05)
-    _record(lenet, root / "heat", 400, 10, opt, torch.optim.lr_scheduler.ExponentialLR(opt, 0.995))
+    _record(lenet, root / "heat", 80, 2, opt, torch.optim.lr_scheduler.ExponentialLR(opt, 0.97))
     dead = _dead_net()
     _record(dead, root / "dead", 12, 1, torch.optim.SGD(dead.parameters(), lr=1e-4))
     for name, make in (("sgd", lambda p: torch.optim.SGD(p, lr=0.01)),
@@ -252,7 +252,7 @@ def test_learning_rate_gets_a_log_axis(server, page):
     lr = [a for a in fig["axes"].values() if a["title"] and a["title"].startswith("lr")]
     assert lr and lr[0]["type"] == "log"
     loss = _figure(page, "gva-loss")
-    assert loss["data"][0]["x"][-1] == 399
+    assert loss["data"][0]["x"][-1] == 79
 
 
 def test_zero_and_missing_gradients_are_shown_and_listed_first(server, page):
