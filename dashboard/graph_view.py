@@ -93,8 +93,21 @@ def build_scene(view: View, engine: str = "auto", classes: dict[str, str] | None
     labels = {n.id: label_lines(n, short=compounds) for n in g.nodes}   # boxes name the module
     sizes = {nid: box_size(lines) for nid, lines in labels.items()}
     order = [n.id for n in g.nodes]
-    positions, used, broken = layout(order, sizes, [(e.src, e.dst) for e in g.edges], view.parent,
-                                     view.groups, engine)
+    edges = [(e.src, e.dst) for e in g.edges]
+    positions, used, broken = layout(order, sizes, edges, view.parent, view.groups, engine)
+    boxless = [n for n in g.nodes if view.parent.get(n.id) in broken]
+    renamed = {n.id: label_lines(n, short=False) for n in boxless}
+    renamed = {k: v for k, v in renamed.items() if v != labels[k]}
+    if renamed:                # no box names their module: say it in full, and lay out again
+        labels.update(renamed)
+        sizes.update({nid: box_size(lines) for nid, lines in renamed.items()})
+        positions, used, again = layout(order, sizes, edges, view.parent, view.groups, engine)
+        if again != broken:    # the new shapes cut elsewhere: name those in full too
+            for n in g.nodes:
+                if view.parent.get(n.id) in again and n.id not in renamed:
+                    labels[n.id] = label_lines(n, short=False)
+                    sizes[n.id] = box_size(labels[n.id])
+        broken = again
     classes = classes or {}
     els: list[dict] = []
     # A module whose members a wrapped layout put in two columns gets no box.
