@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 VALUE, ZERO, MISSING, NONFINITE = 0, 1, 2, 3
 STATE_NAMES = {ZERO: "exactly 0", MISSING: "no gradient", NONFINITE: "NaN / Inf"}
 SEVERITY = {VALUE: 0, ZERO: 1, MISSING: 2, NONFINITE: 3}     # which problems come first
@@ -93,51 +95,86 @@ def _columns(recorded: list[int], max_cols: int) -> list[list[int]]:
     return [recorded[i:i + per] for i in range(0, len(recorded), per)]
 
 
+def _aligned(series: dict[str, Series], rec: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per parameter: the positions of its steps among the recorded steps ``rec``, and its
+    values there (NaN for a value the store holds as None)."""
+    out = {}
+    for p, (steps, values) in series.items():
+        s = np.asarray(steps, dtype=np.int64)
+        try:
+            v = np.asarray(values, dtype=float)
+        except (TypeError, ValueError):
+            v = np.asarray([np.nan if x is None else x for x in values], dtype=float)
+        idx = np.searchsorted(rec, s)
+        ok = (idx < len(rec)) & (rec[np.minimum(idx, len(rec) - 1)] == s) if len(rec) else idx < 0
+        out[p] = (idx[ok], v[ok])
+    return out
+
+
+def _per_step(params: list[str], aligned, n: int):
+    """Over ``n`` recorded steps: sum of squares of the parameters' values, whether any was
+    recorded, and whether any was not finite (NumPy: 10,000 steps x 300 parameters in a
+    fraction of a second, not seconds of a held GIL)."""
+    sumsq = np.zeros(n)
+    present = np.zeros(n, dtype=bool)
+    bad = np.zeros(n, dtype=bool)
+    for p in params:
+        idx, v = aligned[p]
+        finite = np.isfinite(v)
+        sumsq[idx[finite]] += v[finite] ** 2
+        present[idx] = True
+        bad[idx[~finite]] = True
+    return sumsq, present, bad
+
+
+def _states(sumsq, present, bad) -> np.ndarray:
+    state = np.full(len(sumsq), VALUE)
+    state[sumsq == 0] = ZERO
+    state[~present] = MISSING
+    state[bad] = NONFINITE
+    return state
+
+
 def build_heat(series: dict[str, Series], recorded: list[int], *, max_cols: int = 150,
                max_rows: int = 40) -> Heat:
     """Arrange ``series`` (parameter -> its recorded steps and values) over ``recorded``
     (every step with statistics, sorted) as a heat map; see the module docstring."""
-    cols = _columns(sorted(recorded), max_cols)
-    by_step = {name: dict(zip(steps, values)) for name, (steps, values) in series.items()}
+    recorded = sorted(recorded)
+    cols = _columns(recorded, max_cols)
+    rec = np.asarray(recorded, dtype=np.int64)
+    col_of = np.repeat(np.arange(len(cols)), [len(c) for c in cols]).astype(np.int64)
     params = list(series)
-    worst = {p: max((SEVERITY[state_of(by_step[p].get(s))] for s in recorded), default=0)
-             for p in params}
+    aligned = _aligned(series, rec)
+    worst = {}
+    for p in params:
+        idx, v = aligned[p]
+        worst[p] = (SEVERITY[NONFINITE] if not np.isfinite(v).all() else
+                    SEVERITY[MISSING] if len(idx) < len(rec) else        # steps are unique
+                    SEVERITY[ZERO] if (v == 0).any() else 0)
     flagged = sorted((p for p in params if worst[p]), key=lambda p: -worst[p])
     rows = group_rows(params, flagged, max_rows)
-    if cols:
-        last = cols[-1]
-        step_gap = (recorded[-1] - recorded[-2]) if len(recorded) > 1 else 1
-        edges = [c[0] for c in cols] + [last[-1] + step_gap]
-    else:
-        edges = []
+    edges = ([c[0] for c in cols] + [recorded[-1] + ((recorded[-1] - recorded[-2])
+                                                     if len(recorded) > 1 else 1)]) if cols else []
     heat = Heat(rows=[label for label, _ in rows], members=[ps for _, ps in rows], edges=edges,
                 firsts=[c[0] for c in cols], counts=[len(c) for c in cols])
+    n = len(cols)
     for label, ps in rows:
-        zs, states = [], []
-        for col in cols:
-            # one value per step (the parameters combined), then the steps of the column
-            per_step = [combine([by_step[p].get(s) for p in ps]) for s in col]
-            st = _column_state(per_step)
-            states.append(st)
-            zs.append(_mean_log(per_step) if st == VALUE else None)
-        heat.z.append(zs)
-        heat.state.append(states)
-        if any(st != VALUE for st in states):
+        sumsq, present, bad = _per_step(ps, aligned, len(rec))
+        step_state = _states(sumsq, present, bad)
+        value = step_state == VALUE
+        logs = np.where(value, 0.5 * np.log10(np.where(value, sumsq, 1.0)), 0.0)
+        n_value = np.bincount(col_of, weights=value, minlength=n)
+        mean_log = np.bincount(col_of, weights=logs, minlength=n) / np.maximum(n_value, 1)
+        any_of = {st: np.bincount(col_of, weights=step_state == st, minlength=n) > 0
+                  for st in (NONFINITE, ZERO)}
+        # a column shows NaN/Inf if any step had one, else a value if any step had one
+        state = np.where(any_of[NONFINITE], NONFINITE,
+                         np.where(n_value > 0, VALUE, np.where(any_of[ZERO], ZERO, MISSING)))
+        heat.state.append([int(x) for x in state])
+        heat.z.append([float(m) if st == VALUE else None for m, st in zip(mean_log, state)])
+        if any(st != VALUE for st in heat.state[-1]):
             heat.flagged.append(label)
     return heat
-
-
-def _column_state(values: list[float | None]) -> int:
-    states = {state_of(v) for v in values}
-    for worst in (NONFINITE, VALUE):             # any NaN shows; any real value shows
-        if worst in states:
-            return worst
-    return ZERO if ZERO in states else MISSING
-
-
-def _mean_log(values: list[float | None]) -> float | None:
-    logs = [math.log10(v) for v in values if v is not None and math.isfinite(v) and v > 0]
-    return sum(logs) / len(logs) if logs else None
 
 
 @dataclass
