@@ -8,8 +8,15 @@ answer <= 300 ms over HTTP for a 1,000-node graph with 10,000 recorded steps.
 
 Every run is synthetic (``dashboard.synthetic``), written once into ``--runs-dir`` and reused.
 Each first-paint sample starts a new server (``graphviz-autograd dashboard``) and a new page.
-"Default" opens the graph as a user gets it (modules folded past 600 nodes); "expanded" adds
-``?fold=none`` (every node drawn). Load average is printed: the machine is shared.
+"Default" opens the graph as a user gets it (modules folded, by structure, until a laptop
+screen shows it at a readable zoom); "expanded" adds ``?fold=none`` (every node drawn). Load
+average is printed: the machine is shared.
+
+``--readability`` opens the 452-node Faster R-CNN graph (torchvision
+fasterrcnn_mobilenet_v3_large_fpn, random weights, traced once; synthetic statistics) on a
+1366x768 page and reports what a person sees at first paint: boxes in view, the smallest
+label in px, the lowest text/fill contrast of any node style, and where the graph sits.
+``--url`` measures an already running dashboard instead (e.g. an older version).
 """
 from __future__ import annotations
 
@@ -56,7 +63,7 @@ class Server:
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "graphviz_autograd.cli", "dashboard", str(root), "--port",
+            [sys.executable, "-m", "graphviz_autograd", "dashboard", str(root), "--port",
              str(self.port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.proc.stdout.readline()
         deadline = time.time() + 30
@@ -232,6 +239,91 @@ def bench_latency(root: Path) -> dict:
     return {k: {"median_ms": statistics.median(v), "max_ms": max(v)} for k, v in out.items()}
 
 
+# -- readability at first paint ---------------------------------------------------------------
+def make_detection_run(root: Path) -> None:
+    """The real 452-node Faster R-CNN graph in a run with synthetic statistics (torch here only)."""
+    if (root / "frcnn" / "rank-0.gva.sqlite").exists():
+        return
+    import random
+
+    import torch
+    import torchvision
+
+    import graphviz_autograd as ga
+    from graphviz_autograd.store import RunWriter
+
+    torch.manual_seed(0)
+    model = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
+        weights=None, weights_backbone=None, num_classes=5).train()
+    images = [torch.rand(3, 224, 224)]
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 100.0, 120.0]]), "labels": torch.tensor([1])}]
+    with ga.instrument(model):
+        loss = sum(model(images, targets).values())
+    graph = ga.trace(loss, model=model)
+    rng = random.Random(0)
+    with RunWriter(root / "frcnn", meta={"model": "fasterrcnn_mobilenet_v3_large_fpn"}) as w:
+        v = w.add_graph(graph.to_json(), graph.fingerprint(), first_step=0, n_nodes=len(graph))
+        for step in range(3):
+            w.add_step(step, wall_time=time.time(), graph_version=v, scalars={"loss": 2.0, "lr": 1e-3},
+                       stats={"node": [(n.id, {"grad_norm": 10 ** rng.uniform(-6, 1)})
+                                       for n in graph.nodes if n.kind.value == "op"],
+                              "param": [(p, {"grad_norm": 10 ** rng.uniform(-6, 1)}) for p in graph.params]})
+    print(f"wrote frcnn ({len(graph)} nodes)", flush=True)
+
+
+def _luminance(css: str) -> float:
+    rgb = [int(float(v)) / 255 for v in css[css.index("(") + 1:css.index(")")].split(",")[:3]]
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def _contrast(a: str, b: str) -> float:
+    la, lb = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def readability(url: str, run: str) -> dict:
+    """First paint of ``run`` on a 1366x768 page, as a person sees it."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        start = time.perf_counter()
+        page.goto(f"{url}?run={run}")
+        page.wait_for_function(
+            "() => { const el = document.querySelector('#gva-graph'); return el && el._cyreg && "
+            "el._cyreg.cy.nodes().length > 0 && el.getAttribute('data-painted') }", timeout=120_000)
+        painted = time.perf_counter() - start
+        page.wait_for_timeout(500)
+        seen = page.evaluate("""() => {
+            const el = document.querySelector('#gva-graph'), cy = el._cyreg.cy;
+            const r = el.getBoundingClientRect(), out = [];
+            const vw = Math.min(r.width, innerWidth - r.left), vh = Math.min(r.height, innerHeight - r.top);
+            cy.nodes().forEach(n => {
+                const b = n.renderedBoundingBox({includeLabels: false});
+                if (b.x2 < 0 || b.y2 < 0 || b.x1 > vw || b.y1 > vh) return;
+                out.push({label: n.style('label'), group: n.isParent(),
+                          font: parseFloat(n.renderedStyle('font-size')),
+                          fg: n.style('color'), bg: n.style('background-color')});
+            });
+            const c = cy.scratch('_gvaColors') || {};
+            return {boxes: out, total: cy.nodes().length, top: r.top, bottom: r.bottom,
+                    palette: (c.p || []).map((p, i) => [c.t ? c.t[i] : '#222222', p])}; }""")
+        browser.close()
+    labelled = [b for b in seen["boxes"] if b["label"]]
+    hexrgb = lambda h: f"rgb({int(h[1:3], 16)}, {int(h[3:5], 16)}, {int(h[5:7], 16)})"  # noqa: E731
+    pairs = [(b["fg"], b["bg"]) for b in labelled if not b["group"]]
+    pairs += [(hexrgb(t), hexrgb(f)) for t, f in seen["palette"]]
+    result = {"paint_s": painted, "visible_boxes": len(seen["boxes"]), "boxes_drawn": seen["total"],
+              "smallest_label_px": min((b["font"] for b in labelled), default=None),
+              "min_contrast": min((_contrast(a, b) for a, b in pairs), default=None),
+              "graph_top_px": seen["top"], "graph_bottom_px": seen["bottom"]}
+    print("readability " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                     for k, v in result.items()), flush=True)
+    return result
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs-dir", type=Path, default=Path("/tmp/gva-bench-dashboard"))
@@ -241,7 +333,26 @@ def main(argv=None) -> None:
                     help="first-paint cases: run/fold")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--readability", action="store_true", help="first paint of a 452-node graph")
+    ap.add_argument("--url", help="measure readability on this running dashboard (runs dir: --runs-dir)")
+    ap.add_argument("--smoke", action="store_true", help="a tiny run (the suite's rot check)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.skip_latency, args.repeats, args.cases = True, 1, ["g2k/auto"]
+        RUNS["g2k"] = dict(n_nodes=200, n_steps=5)
+        args.runs_dir = args.runs_dir.with_name(args.runs_dir.name + "-smoke")
+    if args.readability or args.url:
+        make_detection_run(args.runs_dir)
+        if args.url:
+            readability(args.url.rstrip("/") + "/", "frcnn")
+            return
+        server = Server(args.runs_dir)
+        try:
+            results = {"readability": readability(server.url, "frcnn")}
+        finally:
+            server.close()
+        if args.skip_paint and args.skip_latency:
+            return
     names = ([] if args.skip_paint else ["g2k", "g10k"]) + ([] if args.skip_latency else ["lat1k"])
     make_runs(args.runs_dir, names)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)

@@ -4,7 +4,6 @@ Plain functions of (data source, inputs) -> outputs, like :mod:`dashboard.callba
 """
 from __future__ import annotations
 
-import math
 
 from dash import no_update
 
@@ -14,8 +13,10 @@ from . import figures
 from . import panels
 from .callbacks import READ_ERRORS, _opts, only_step, step_patch
 from .fold import auto_fold, fold, unchanged_modules
+from .gradients import build_flow
 from .graph_view import build_scene, preset_layout
 
+FLOW_MAX_ROWS = 30              # more parameters than this: grouped by module (problems stay alone)
 DIFF_MAX_NODES = 800            # the diff view goes through the component's props: keep it small
 
 
@@ -26,7 +27,8 @@ def _keep_zoom(fig: dict, run: str) -> dict:
 
 
 def flow_figure(src, latest, state):
-    """Max and RMS |grad| per parameter at the selected step (RMS = norm / √numel)."""
+    """Max and RMS |grad| per parameter at the selected step (RMS = norm / √numel); parameters
+    recorded without a gradient (unused) or with a zero one come first."""
     if not latest:
         return figures.empty_figure("no run selected")
     run, rank = latest["run"], latest["rank"]
@@ -40,13 +42,12 @@ def flow_figure(src, latest, state):
         params = src.graph(run, rank, version).params if version is not None else {}
     except READ_ERRORS as exc:
         return figures.empty_figure(f"cannot read gradients: {exc}")
-    names = [n for n in names if n in table["grad_norm"] or n in table["grad_absmax"]]
-    rms = []
+    numel = {}
     for name in names:
-        norm, node = table["grad_norm"].get(name), params.get(name)
-        numel = node.outputs[0].numel if node is not None and node.outputs and node.outputs[0] else 0
-        rms.append(norm / math.sqrt(numel) if norm is not None and numel else None)
-    return _keep_zoom(figures.flow_figure(names, rms, [table["grad_absmax"].get(n) for n in names], at), run)
+        node = params.get(name)
+        numel[name] = node.outputs[0].numel if node is not None and node.outputs and node.outputs[0] else 0
+    flow = build_flow(names, table["grad_norm"], table["grad_absmax"], numel, max_rows=FLOW_MAX_ROWS)
+    return _keep_zoom(figures.flow_figure(flow, at), run)
 
 
 def heatmap_figure(src, triggered, latest, state):
@@ -55,13 +56,22 @@ def heatmap_figure(src, triggered, latest, state):
     if not latest:
         return figures.empty_figure("no run selected")
     try:
-        keys, steps, grid = src.heat(latest["run"], latest["rank"], "grad_norm")
+        heat = src.heat(latest["run"], latest["rank"], "grad_norm")
     except READ_ERRORS as exc:
         return figures.empty_figure(f"cannot read gradients: {exc}")
-    return _keep_zoom(figures.heatmap_figure(keys, steps, grid, (state or {}).get("step")), latest["run"])
+    return _keep_zoom(figures.heatmap_figure(heat, (state or {}).get("step")), latest["run"])
 
 
 # -- graph versions ----------------------------------------------------------------------
+def extra_cards(latest):
+    """The version and rank sections show only when there is something to compare."""
+    versions = len((latest or {}).get("versions", []))
+    ranks = len((latest or {}).get("ranks", []))
+    return ("gva-card gva-versions" + ("" if versions > 1 else " gva-hidden"),
+            "gva-card gva-ranks" + ("" if ranks > 1 else " gva-hidden"))
+
+
+
 def version_options(latest, a, b):
     versions = (latest or {}).get("versions", [])
     options = [{"label": f"v{v} from step {first} ({n} nodes)", "value": v} for v, first, n in versions]

@@ -5,9 +5,7 @@ never imported (runs are read from their SQLite stores).
 """
 from __future__ import annotations
 
-import ipaddress
 import os
-import sys
 from functools import wraps
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from dash import ClientsideFunction, Dash, Input, Output, State
 
 from . import analysis
 from . import callbacks
+from . import compare
 from . import details
 from . import ids
 from .data import DataSource
@@ -40,7 +39,8 @@ def create_app(runs_root: str | os.PathLike, *, auto_max_nodes: int | None = Non
 
     Args:
         runs_root: directory holding run directories (each with ``rank-<r>.gva.sqlite`` files).
-        auto_max_nodes: graphs bigger than this open with modules folded (default 600).
+        auto_max_nodes: the first view of a graph shows at most this many boxes, modules folded
+            by structure until it fits a laptop screen at a readable zoom (default 60).
         layout_engine: "auto" (dot, then a fast layered layout past 2,000 nodes), "dot" or "layered".
     """
     kwargs = {} if auto_max_nodes is None else {"auto_max_nodes": auto_max_nodes}
@@ -98,9 +98,10 @@ def register(app: Dash, src: DataSource) -> None:
     cb(Output(ids.PICKED, "data"), Input(ids.LOSS, "clickData"), Input(ids.LOSS, "selectedData"),
        Input(ids.METRICS, "clickData"), Input(ids.METRICS, "selectedData"), with_src=False,
        trigger="one", prevent_initial_call=True)(callbacks.pick_step)
-    cb(Output(ids.STEP, "data"), Output(ids.STEP_SLIDER, "value"), Output(ids.STEP_LABEL, "children"),
+    cb(Output(ids.STEP, "data"), Output(ids.STEP_SLIDER, "value"),
        Input(ids.STEP_SLIDER, "value"), Input(ids.PICKED, "data"), latest, State(ids.STEP, "data"),
        State(ids.LOCATION, "search"), with_src=False, trigger="one")(callbacks.select_step)
+    cb(Output(ids.STEP_LABEL, "children"), step, latest)(callbacks.step_label)
     cb(Output(ids.LOSS, "figure"), latest, step, trigger="all")(callbacks.loss_figure)
     cb(Output(ids.SCALARS, "options"), Output(ids.SCALARS, "value"), latest,
        State(ids.SCALARS, "value"), with_src=False)(callbacks.scalar_options)
@@ -139,6 +140,16 @@ def register(app: Dash, src: DataSource) -> None:
        with_src=False)(analysis.rank_options)
     cb(Output(ids.RANK_FIG, "figure"), latest, Input(ids.RANK_A, "value"), Input(ids.RANK_B, "value"),
        Input(ids.RANK_STAT, "value"), step)(analysis.rank_figure)
+    cb(Output(ids.RUNS, "options"), Output(ids.RUNS, "value"), Output(ids.COMPARE, "className"),
+       Input(ids.LOCATION, "search"), Input(ids.INTERVAL, "n_intervals"), State(ids.RUNS, "value"),
+       State(ids.RUNS, "options"))(compare.runs_options)
+    cb(Output(ids.CMP_KEY, "options"), Output(ids.CMP_KEY, "value"), Input(ids.RUNS, "value"),
+       Input(ids.CMP_KIND, "value"), State(ids.CMP_KEY, "value"))(compare.key_options)
+    cb(Output(ids.CMP_FIG, "figure"), Output(ids.CMP_FIG, "style"), Output(ids.CMP_INFO, "children"),
+       Input(ids.RUNS, "value"), Input(ids.CMP_KIND, "value"), Input(ids.CMP_KEY, "value"),
+       Input(ids.CMP_STAT, "value"), Input(ids.INTERVAL, "n_intervals"))(compare.compare_figure)
+    cb(Output(ids.VERSIONS_CARD, "className"), Output(ids.RANKS_CARD, "className"), latest,
+       with_src=False)(analysis.extra_cards)
     app.clientside_callback(ClientsideFunction("gva", "show"), Output(ids.PAINTED, "data"),
                             Input(ids.ELEMENTS, "data"), Input(ids.COLORS, "data"))
     app.clientside_callback(ClientsideFunction("gva", "focus"), Output(ids.FOCUSED, "data"),
@@ -152,26 +163,10 @@ def _fold_adapter(src, trigger, _toggle, _fold_all, _unfold_all, _run, selected,
     return callbacks.fold_modules(src, trigger, selected, key, folded, search)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def serve(runs_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8050,
           debug: bool = False) -> None:
-    """Serve the dashboard until interrupted; prints the URL (and a warning off loopback)."""
-    root = Path(runs_dir)
-    if not root.is_dir():
-        root.mkdir(parents=True, exist_ok=True)
-    app = create_app(root)
-    shown = f"[{host}]" if ":" in host else host
-    print(f"graphviz-autograd dashboard: http://{shown}:{port}/  (runs in {root.resolve()})", flush=True)
-    if not is_loopback(host):
-        print(f"WARNING: listening on {host} exposes every run under {root.resolve()} to the network: "
-              f"anyone who can reach this machine on port {port} can read them (no authentication). "
-              f"Use --host 127.0.0.1 unless you mean it.", file=sys.stderr, flush=True)
-    app.run(host=host, port=port, debug=debug, dev_tools_ui=debug, threaded=True)
+    """Serve the dashboard until interrupted (:func:`dashboard.server.serve`: waitress, the port
+    checked before anything is printed, one line with the URL)."""
+    from .server import serve as run
+
+    run(runs_dir, host=host, port=port, debug=debug)

@@ -11,14 +11,16 @@ from urllib.parse import parse_qs, quote
 
 from dash import Patch, get_relative_path, no_update
 
-from graphviz_autograd.errors import GraphvizAutogradError
 from graphviz_autograd.diagnosis.recorded import run_findings
+from graphviz_autograd.errors import GraphvizAutogradError
+from graphviz_autograd.export.labels import plural
 
 from . import figures
 from . import ids
 from . import panels
-from .data import DataSource, folded_set
-from .fold import GROUP_PREFIX, MODULE_PREFIX, modules_at_depth, node_module, parent_path, prefixes
+from .data import DataSource, parse_key
+from .fold import (GROUP_PREFIX, MODULE_PREFIX, describe_folded, modules_at_depth, node_module,
+                   parent_path, prefixes)
 from .graph_view import (ELEMENTS_ROUTE, METRICS, color_payload, elements_ref, node_values,
                          search_nodes, stylesheet)
 from .layout import deferred
@@ -44,7 +46,10 @@ def run_options(src: DataSource, search, _n, current, current_options):
     if current in names:
         return options_out, no_update
     params = url_params(search)
-    value = params.get("run") if params.get("run") in names else newest_run(src.root, names)
+    compared = [c.rpartition("@")[0] if c.rpartition("@")[2].isdigit() else c
+                for c in params.get("runs", "").split(",") if c]
+    wanted = params.get("run") or next((c for c in compared if c in names), None)
+    value = wanted if wanted in names else newest_run(src.root, names)
     if value:       # lay its graph out now: the browser asks for it three callbacks later
         mode = params.get("fold", "auto")
         src.prewarm(value, None, {"mode": mode if mode in ("auto", "none", "all") else "auto"})
@@ -75,9 +80,10 @@ def refresh(src: DataSource, run, rank, _n, previous):
     src.prewarm(run, rank, {"mode": "auto"})      # a run picked in the dropdown: lay it out now
     if summary == previous:
         return no_update, no_update
-    status = (f"{summary['model'] or 'run'} · {summary['n_steps']} steps"
-              f" (latest {summary['latest']}) · {len(summary['versions'])} graph version(s)"
-              f" · {len(summary['ranks'])} rank(s)")
+    n_versions, n_ranks = len(summary["versions"]), len(summary["ranks"])
+    status = (f"{summary['model'] or 'run'} · steps {summary['first']}–{summary['latest']}"
+              f" ({summary['n_steps']} logged) · {plural(n_versions, 'graph version')}"
+              f" · {plural(n_ranks, 'rank')}")
     return summary, status
 
 
@@ -97,8 +103,23 @@ def slider_props(latest):
     if not latest or latest.get("latest") is None:
         return 0, 1, None
     lo, hi = latest["first"], latest["latest"]
-    ticks = {lo + round(i * (hi - lo) / 4) for i in range(5)} if hi > lo else {lo}
-    return lo, max(hi, lo + 1) if hi == lo else hi, {int(t): str(int(t)) for t in sorted(ticks)}
+    return lo, max(hi, lo + 1) if hi == lo else hi, {t: str(t) for t in nice_ticks(lo, hi)}
+
+
+def nice_ticks(lo: int, hi: int, most: int = 6) -> list[int]:
+    """Round step numbers for the slider: multiples of 1, 2 or 5 x 10^k, plus both ends."""
+    if hi <= lo:
+        return [lo]
+    span = hi - lo
+    for k in range(0, 12):
+        for m in (1, 2, 5):
+            gap = m * 10 ** k
+            if span / gap <= most - 1:
+                first = -(-lo // gap) * gap
+                inner = [t for t in range(first, hi + 1, gap) if lo < t < hi and
+                         min(t - lo, hi - t) >= gap / 3]
+                return [lo, *inner, hi]
+    return [lo, hi]
 
 
 # -- step selection --------------------------------------------------------------------
@@ -130,11 +151,11 @@ def pick_step(trigger, loss_click, loss_selected, metrics_click, metrics_selecte
 
 
 def select_step(trigger, slider, picked, latest, state, search):
-    """STEP store, slider value and label. ``trigger``: id of the input that fired."""
+    """STEP store and slider value. ``trigger``: id of the input that fired."""
     state = state or {"step": None, "follow": True}
     if not latest or latest.get("latest") is None:
         empty = {"step": None, "follow": True}
-        return (no_update if state == empty else empty), no_update, "step –"
+        return (no_update if state == empty else empty), no_update
     last = latest["latest"]
     step, follow = state.get("step"), state.get("follow", True)
     if trigger == ids.STEP_SLIDER:
@@ -150,8 +171,23 @@ def select_step(trigger, slider, picked, latest, state, search):
         follow = _clamp(step, latest) == last
     step = _clamp(step, latest)
     new = {"step": step, "follow": bool(follow), "run": latest.get("run")}
-    label = f"step {step}" + (" (following the latest)" if follow and step == last else "")
-    return (no_update if new == state else new), (no_update if step == slider else step), label
+    return (no_update if new == state else new), (no_update if step == slider else step)
+
+
+def step_label(src: DataSource, state, latest) -> str:
+    """What the selected step is, and which recorded step the statistics shown come from (the
+    recorder keeps them every ``every`` steps; colours, flow and details use the same one)."""
+    step = (state or {}).get("step")
+    if step is None or not latest:
+        return "step –"
+    label = f"step {step}" + (" (the latest)" if step == latest.get("latest") else "")
+    try:
+        at = src.stats_step(latest["run"], latest["rank"], step)
+    except READ_ERRORS:
+        at = None
+    if at is not None and at != step:
+        label += f" · statistics of step {at}"
+    return label
 
 
 def step_patch(state) -> Patch:
@@ -222,15 +258,23 @@ def graph_update(src: DataSource, latest, state, fold_state, metric, key):
     colors, legend = graph_colors(src, new_key, scene, state, metric, latest)
     if new_key == key:
         return no_update, no_update, no_update, no_update, colors, legend
-    n_src = len(scene.view.source) if scene.view.source is not None else len(scene.graph)
-    n_folded = len(scene.view.folded)
-    info = (f"graph version {version}: {n_src} nodes"
-            + (f", {len(scene.graph)} shown ({n_folded} module(s) folded)" if n_folded else "")
-            + f" · layout: {scene.engine}")
+    info = graph_info(scene, version)
     # Positions travel with the elements; the browser fits the view to the bbox when the graph
     # (not only its folding) changed (see assets/dashboard.js).
     elements = elements_ref(new_key, ids.GRAPH, scene, elements_url(new_key))
     return elements, stylesheet(len(scene.graph)), new_key, info, colors, legend
+
+
+def graph_info(scene, version: int, most: int = 6) -> str:
+    """One line under the graph: its size, how much shows, and what is folded, by name."""
+    n_src = len(scene.view.source) if scene.view.source is not None else len(scene.graph)
+    info = f"graph version {version}: {plural(n_src, 'node')}"
+    if scene.view.folded:
+        names = describe_folded(scene.view.source or scene.graph, scene.view.folded)
+        more = f", and {len(names) - most} more" if len(names) > most else ""
+        info += (f", {len(scene.graph)} shown · folded: {', '.join(names[:most])}{more}"
+                 " (select one, then “unfold”)")
+    return info + f" · layout: {scene.engine}"
 
 
 def elements_url(key: str) -> str:
@@ -341,7 +385,7 @@ def fold_modules(src: DataSource, trigger, selected, key, fold_state, search):
     if trigger != ids.FOLD_TOGGLE or target is None or scene.view.source is None:
         return no_update
     graph = scene.view.source
-    current = set(folded_set(graph, fold_state, src.auto_max_nodes))
+    current = set(src.folded(graph, parse_key(key)[3], fold_state))
     action, path = target
     if action == "unfold":
         current.discard(path)

@@ -17,11 +17,12 @@ from graphviz_autograd.graph.model import Graph
 from graphviz_autograd.store import STORE_GLOB, RankReader, Run, open_run
 
 from . import fold
-from .graph_view import Scene, build_scene, elements_payload
+from .gradients import Heat, build_heat
+from .graph_view import Scene, build_scene, elements_payload, fits_screen
 from .runs import list_runs, resolve_run
 
-HEAT_MAX_STEPS = 150
-HEAT_MAX_ROWS = 200
+HEAT_MAX_STEPS = 150           # more recorded steps than this: neighbours merge into one column
+HEAT_MAX_ROWS = 32             # more parameters than this: grouped by module (problems stay alone)
 
 
 class _LRU:
@@ -58,8 +59,10 @@ class _LRU:
         return value
 
 
-def folded_set(graph: Graph, state: dict | None, auto_max: int = fold.AUTO_MAX_NODES) -> frozenset[str]:
-    """Module paths to fold for a FOLDED store value on ``graph``."""
+def folded_set(graph: Graph, state: dict | None, auto_max: int = fold.AUTO_MAX_NODES,
+               auto: Callable[[Graph], frozenset[str]] | None = None) -> frozenset[str]:
+    """Module paths to fold for a FOLDED store value on ``graph`` (``auto``: how the "auto" mode
+    folds; by default :func:`dashboard.fold.auto_fold` to ``auto_max`` nodes)."""
     state = state or {}
     mode = state.get("mode", "auto")
     if mode == "none":
@@ -68,7 +71,7 @@ def folded_set(graph: Graph, state: dict | None, auto_max: int = fold.AUTO_MAX_N
         return fold.modules_at_depth(graph, 0)
     if mode == "paths":
         return frozenset(p for p in state.get("paths", ()) if isinstance(p, str)) & fold.all_modules(graph)
-    return fold.auto_fold(graph, auto_max)
+    return auto(graph) if auto is not None else fold.auto_fold(graph, auto_max)
 
 
 def _digest(items) -> str:
@@ -90,6 +93,7 @@ class DataSource:
         self._warmed: set[tuple[str, int | None]] = set()
         self._keys: dict[str, tuple[str, int, int, frozenset[str]]] = {}
         self._memo = _LRU(256)
+        self._folds = _LRU(64)         # folded module sets: cheap to keep, slow to find (layouts)
 
     # -- runs ------------------------------------------------------------------
     def run_names(self) -> list[str]:
@@ -166,14 +170,37 @@ class DataSource:
         fingerprint = next((v.fingerprint for v in reader.graph_versions() if v.version == version),
                            str(version))
         graph = reader.graph(version)
-        folded = self._memo.get(("folded", fingerprint, json.dumps(fold_state, sort_keys=True)),
-                                lambda: folded_set(graph, fold_state, self.auto_max_nodes))
+        folded = self.folded(graph, fingerprint, fold_state)
         key = f"{name}|{reader.rank}|v{version}|{fingerprint}|{_digest(folded)}"
-        scene = self._scenes.get(("scene", fingerprint, folded),
-                                 lambda: build_scene(fold.fold(graph, folded), self.layout_engine))
+        scene = self._scene(graph, fingerprint, folded)
         with self._lock:
             self._keys[key] = (name, reader.rank, version, folded)
         return key, scene
+
+    def _scene(self, graph: Graph, fingerprint: str, folded: frozenset[str]) -> Scene:
+        return self._scenes.get(("scene", fingerprint, folded),
+                                lambda: build_scene(fold.fold(graph, folded), self.layout_engine))
+
+    def folded(self, graph: Graph, fingerprint: str, fold_state: dict | None) -> frozenset[str]:
+        """The module paths folded for ``fold_state`` on ``graph`` (cached per graph)."""
+        return self._folds.get((fingerprint, json.dumps(fold_state, sort_keys=True)),
+                               lambda: folded_set(graph, fold_state, self.auto_max_nodes,
+                                                  lambda g: self.auto_folded(g, fingerprint)))
+
+    def auto_folded(self, graph: Graph, fingerprint: str) -> frozenset[str]:
+        """What a graph opens with: the least folding (of :data:`fold.AUTO_BUDGETS`, at most
+        ``auto_max_nodes`` boxes) whose layout fits a laptop screen at a readable zoom."""
+        if len(graph) <= fold.AUTO_KEEP_NODES:
+            return frozenset()               # small graphs are shown whole, however they fit
+        budgets = [b for b in fold.AUTO_BUDGETS if b < self.auto_max_nodes] or [self.auto_max_nodes]
+        if self.auto_max_nodes not in budgets:
+            budgets.insert(0, self.auto_max_nodes)
+        folded = frozenset()
+        for budget in budgets:
+            folded = fold.auto_fold(graph, budget)
+            if fits_screen(self._scene(graph, fingerprint, folded)):
+                break
+        return folded
 
     def prewarm(self, name: str, rank: int | None, fold_state: dict | None) -> None:
         """Lay out the latest graph of a run in the background (once per run and rank; None is
@@ -210,8 +237,7 @@ class DataSource:
             fingerprint = parse_key(key)[3]
         except Exception:  # noqa: BLE001 - the run went away or is unreadable
             return None
-        return self._scenes.get(("scene", fingerprint, folded),
-                                lambda: build_scene(fold.fold(graph, folded), self.layout_engine))
+        return self._scene(graph, fingerprint, folded)
 
     def scene_json(self, key: str) -> bytes | None:
         """The elements of ``key`` as JSON bytes (cached with the scene), or None."""
@@ -266,20 +292,20 @@ class DataSource:
         table = self.stats_at(name, rank, step, kind, stats)
         return {stat: table[stat].get(key) for stat in stats}
 
-    def heat(self, name: str, rank: int | None, stat: str = "grad_norm"):
-        """``(keys, steps, grid)`` of ``stat`` per weight (biases left out, like the classic
-        gradient-flow plot) over at most HEAT_MAX_STEPS steps."""
+    def heat(self, name: str, rank: int | None, stat: str = "grad_norm") -> Heat:
+        """``stat`` of every parameter over every recorded step, arranged for the heat map
+        (:func:`dashboard.gradients.build_heat`: columns merged, never dropped, past
+        HEAT_MAX_STEPS; rows grouped by module past HEAT_MAX_ROWS; problems first)."""
         reader = self.reader(name, rank)
         latest = reader.latest_step()
 
-        def make():
-            keys = reader.keys("param")
-            weights = [k for k in keys if not k.endswith("bias")]   # one row per layer, as usual
-            keys = (weights or keys)[:HEAT_MAX_ROWS]
-            # A connection of its own: this reads every layer's history (seconds on a cold
+        def make() -> Heat:
+            # A connection of its own: this reads every parameter's history (seconds on a cold
             # disk) and must not hold up the shared reader the interactive callbacks use.
             with RankReader(reader.path) as own:
-                return own.matrix("param", stat, keys=keys, max_steps=HEAT_MAX_STEPS)
+                series = {key: tuple(own.param_series(key, stat)) for key in own.keys("param")}
+            recorded = self.recorded_steps(name, rank)
+            return build_heat(series, recorded, max_cols=HEAT_MAX_STEPS, max_rows=HEAT_MAX_ROWS)
         return self._memo.get(("heat", name, self._gen(name), reader.rank, stat, latest), make)
 
 

@@ -12,7 +12,7 @@ from . import figures
 from . import panels
 from .callbacks import READ_ERRORS, _fold_target, only_step, step_patch
 from .data import DataSource
-from .fold import GROUP_PREFIX, MODULE_PREFIX
+from .fold import GROUP_PREFIX
 
 MAX_MEMBER_SERIES = 40          # a folded module's curves combine at most this many members
 AT_STEP_GRAD = ("grad_norm", "grad_absmax", "grad_mean", "grad_std", "grad_zero_frac",

@@ -10,16 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from graphviz_autograd.graph import fold as graph_fold
-from graphviz_autograd.graph.fold import (MODULE_PREFIX, all_modules, depth_counts, modules_at_depth,
-                                          node_module, parent_path, prefixes)
+from graphviz_autograd.graph.fold import (MODULE_PREFIX, all_modules, depth_counts, describe_folded,
+                                          fold_to_fit, modules_at_depth, node_module, parent_path,
+                                          prefixes)
 from graphviz_autograd.graph.model import Graph
 
-AUTO_MAX_NODES = 600           # bigger graphs open with modules folded
+AUTO_MAX_NODES = 60            # the first view shows at most this many boxes (a screenful)
+AUTO_BUDGETS = (60, 50, 40, 32, 26, 20, 16)   # tried in turn until the layout fits the screen
+AUTO_KEEP_NODES = 40           # graphs this small open whole
 GROUP_PREFIX = "group:"
 
-__all__ = ["AUTO_MAX_NODES", "GROUP_PREFIX", "MODULE_PREFIX", "View", "all_modules", "auto_fold",
-           "depth_counts", "fold", "modules_at_depth", "node_module", "parent_path", "prefixes",
-           "unchanged_modules"]
+__all__ = ["AUTO_BUDGETS", "AUTO_KEEP_NODES", "AUTO_MAX_NODES", "GROUP_PREFIX", "MODULE_PREFIX", "View", "all_modules",
+           "auto_fold", "depth_counts", "describe_folded", "fold", "fold_to_fit", "modules_at_depth",
+           "node_module", "parent_path", "prefixes", "unchanged_modules"]
 
 
 @dataclass
@@ -62,18 +65,11 @@ def _add_groups(view: View) -> None:
 
 
 def auto_fold(graph: Graph, max_nodes: int = AUTO_MAX_NODES) -> frozenset[str]:
-    """What a big graph opens with: the deepest fold that shows at most ``max_nodes`` nodes.
-
-    Small graphs fold nothing; when even folding top-level modules leaves too many
-    nodes (a flat graph), top-level modules are folded anyway (the most it can do).
-    """
-    if len(graph) <= max_nodes:
-        return frozenset()
-    counts = depth_counts(graph)
-    if not counts:
-        return frozenset()
-    fit = [d for d, c in enumerate(counts) if c <= max_nodes]
-    return modules_at_depth(graph, max(fit) if fit else 0)
+    """What a graph opens with: modules folded, by structure, until at most ``max_nodes`` nodes
+    show (:func:`graphviz_autograd.graph.fold.fold_to_fit`: shallow modules first, a repeated
+    block opened once). Graphs that small fold nothing; when even the top level is too many
+    (a flat graph), the top-level modules are folded (the most it can do)."""
+    return fold_to_fit(graph, max_nodes)
 
 
 def unchanged_modules(graph: Graph, changed: set[str]) -> frozenset[str]:

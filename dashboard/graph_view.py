@@ -12,15 +12,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from graphviz_autograd.export.style import (CLUSTER_BORDER, KIND_STYLE, MODULE_BORDER, MODULE_FILL,
-                                            human_bytes)
+from graphviz_autograd.export.style import (CLUSTER_BORDER, DARK_TEXT, KIND_STYLE, MODULE_BORDER,
+                                            MODULE_FILL, human_bytes, text_color)
 from graphviz_autograd.graph.model import Graph, Node, NodeKind
 
 from .fold import GROUP_PREFIX, View
-from .layout_engine import box_size, label_lines, layout
+from .layout_engine import FONT_PX, SCREEN_H, SCREEN_W, box_size, label_lines, layout
 
 NO_DATA = "#ffffff"
 NONFINITE = "#7b2cbf"      # NaN or Inf values
+ZERO = "#1a1a1a"           # exactly 0 on a log scale (a dead path), as in the heat map
 # Blue (small / vanishing) -> yellow -> red (large / exploding): plotly's RdYlBu reversed.
 PALETTE = ["#3b56a5", "#4470b1", "#4f8bc0", "#63a3cc", "#7cb9d8", "#98cde3", "#b3dfec",
            "#cbebf0", "#e1f3ec", "#f2f9d9", "#fffcc0", "#fff0a8", "#fee090", "#fdc97a",
@@ -87,16 +88,30 @@ def build_scene(view: View, engine: str = "auto", classes: dict[str, str] | None
     ``compounds``: draw open modules as boxes (default: up to :data:`COMPOUND_MAX_NODES` nodes).
     """
     g = view.graph
-    labels = {n.id: label_lines(n) for n in g.nodes}
-    sizes = {nid: box_size(lines) for nid, lines in labels.items()}
-    order = [n.id for n in g.nodes]
-    positions, used = layout(order, sizes, [(e.src, e.dst) for e in g.edges], view.parent,
-                             view.groups, engine)
-    classes = classes or {}
     if compounds is None:
         compounds = len(g) <= COMPOUND_MAX_NODES
+    labels = {n.id: label_lines(n, short=compounds) for n in g.nodes}   # boxes name the module
+    sizes = {nid: box_size(lines) for nid, lines in labels.items()}
+    order = [n.id for n in g.nodes]
+    edges = [(e.src, e.dst) for e in g.edges]
+    positions, used, broken = layout(order, sizes, edges, view.parent, view.groups, engine)
+    boxless = [n for n in g.nodes if view.parent.get(n.id) in broken]
+    renamed = {n.id: label_lines(n, short=False) for n in boxless}
+    renamed = {k: v for k, v in renamed.items() if v != labels[k]}
+    if renamed:                # no box names their module: say it in full, and lay out again
+        labels.update(renamed)
+        sizes.update({nid: box_size(lines) for nid, lines in renamed.items()})
+        positions, used, again = layout(order, sizes, edges, view.parent, view.groups, engine)
+        if again != broken:    # the new shapes cut elsewhere: name those in full too
+            for n in g.nodes:
+                if view.parent.get(n.id) in again and n.id not in renamed:
+                    labels[n.id] = label_lines(n, short=False)
+                    sizes[n.id] = box_size(labels[n.id])
+        broken = again
+    classes = classes or {}
     els: list[dict] = []
-    holding = set(view.parent.values()) if compounds else set()
+    # A module whose members a wrapped layout put in two columns gets no box.
+    holding = set(view.parent.values()) - broken if compounds else set()
     for gid, path, _up in view.groups:
         # Flat boxes: one per module that directly holds visible nodes, never nested. Nested
         # compound nodes make cytoscape re-style every descendant on each style change
@@ -108,7 +123,7 @@ def build_scene(view: View, engine: str = "auto", classes: dict[str, str] | None
         w, h = sizes[n.id]
         data = {"id": n.id, "label": "\n".join(labels[n.id]), "kind": kind_class(n), "ix": i,
                 "w": w, "h": h}
-        if compounds and n.id in view.parent:
+        if view.parent.get(n.id) in holding:
             data["parent"] = view.parent[n.id]
         x, y = positions[n.id]
         els.append({"data": data, "position": {"x": x, "y": y},
@@ -145,9 +160,9 @@ def stylesheet(n_nodes: int = 0) -> list[dict]:
     (class ``lbl``) for the nodes in view when the user zooms in.
     """
     big = n_nodes > LABEL_MAX_NODES
-    text = {"label": "data(label)", "font-size": 10, "font-family": "Helvetica, Arial, sans-serif",
+    text = {"label": "data(label)", "font-size": FONT_PX, "font-family": "Helvetica, Arial, sans-serif",
             "text-valign": "center", "text-halign": "center", "text-wrap": "wrap",
-            "min-zoomed-font-size": 7, "color": "#222"}
+            "min-zoomed-font-size": 6, "color": DARK_TEXT}
     edge = ({"width": 1, "line-color": "#9a9a9a", "curve-style": "haystack", "haystack-radius": 0}
             if big else {"width": 1, "line-color": "#9a9a9a", "target-arrow-color": "#9a9a9a",
                          "target-arrow-shape": "triangle", "arrow-scale": 0.6, "curve-style": "bezier"})
@@ -179,10 +194,11 @@ def stylesheet(n_nodes: int = 0) -> list[dict]:
         {"selector": "node.group", "style": {
             "background-color": "#8c6bb1", "background-opacity": 0.05, "border-style": "dashed",
             "border-color": CLUSTER_BORDER, "border-width": 1, "shape": "round-rectangle",
-            "text-valign": "top", "text-halign": "center", "font-size": 9, "color": MODULE_BORDER,
-            "padding": 8, "text-wrap": "none", "min-zoomed-font-size": 5}},
+            "text-valign": "top", "text-halign": "center", "font-size": FONT_PX, "color": MODULE_BORDER,
+            "padding": 8, "text-wrap": "none", "min-zoomed-font-size": 6}},
         {"selector": "node.lbl", "style": text},
         {"selector": "node[bg]", "style": {"background-color": "data(bg)"}},
+        {"selector": "node[fg]", "style": {"color": "data(fg)"}},
         {"selector": "node.match", "style": {"overlay-color": "#ff7f0e", "overlay-opacity": 0.35,
                                              "overlay-padding": 6}},
         {"selector": "node[mark > 0]", "style": {"border-color": "#d62728", "border-width": 5,
@@ -247,9 +263,21 @@ def _combine(vals: list[float], agg: str) -> float | None:
 ELEMENTS_ROUTE = "/_gva/elements"
 
 
+READABLE_PX = 11.0           # the smallest label size the first view may show
+
+
+def fits_screen(scene: Scene) -> bool:
+    """Whether all of ``scene`` fits a laptop's graph area with labels >= 11 px."""
+    x1, y1, x2, y2 = scene.bbox
+    return x2 - x1 <= SCREEN_W and y2 - y1 <= SCREEN_H
+
+
 def elements_payload(scene: Scene) -> dict:
-    """What ``assets/dashboard.js`` loads into cytoscape (served at :data:`ELEMENTS_ROUTE`)."""
-    return {"elements": scene.elements, "bbox": list(scene.bbox)}
+    """What ``assets/dashboard.js`` loads into cytoscape (served at :data:`ELEMENTS_ROUTE`):
+    the elements, their bounding box and the lowest zoom that keeps labels readable."""
+    labelled = len(scene.order) <= LABEL_MAX_NODES
+    return {"elements": scene.elements, "bbox": list(scene.bbox),
+            "readable": READABLE_PX / FONT_PX if labelled else None}
 
 
 def elements_ref(key: str, target: str, scene: Scene, url: str) -> dict:
@@ -263,7 +291,8 @@ def elements_ref(key: str, target: str, scene: Scene, url: str) -> dict:
 
 def color_payload(key: str, target: str, values: list[float | None], metric: str,
                   order: list[str], stamp: str) -> tuple[dict, dict]:
-    """``(payload, legend info)``: palette index per node (-1 no data, -2 NaN/Inf)."""
+    """``(payload, legend info)``: palette index per node (-1 no data, -2 NaN/Inf, -3 exactly 0
+    on a log scale)."""
     spec = METRICS[metric]
     finite = [v for v in values if v is not None and math.isfinite(v)]
     palette = BINARY if spec.scale == "binary" else PALETTE
@@ -276,11 +305,14 @@ def color_payload(key: str, target: str, values: list[float | None], metric: str
         lo = min(lo, min(finite)) if finite else lo
     codes = [_code(v, spec.scale, lo, hi, len(palette)) for v in values]
     payload = {"key": key, "target": target, "n": len(order), "c": codes, "p": palette,
-               "none": NO_DATA, "nan": NONFINITE, "stamp": stamp, "off": spec.scale == "none",
-               "probe": order[-1] if order else None}
+               "t": [text_color(c) for c in palette], "none": NO_DATA, "nan": NONFINITE,
+               "zero": ZERO, "tnone": text_color(NO_DATA), "tnan": text_color(NONFINITE),
+               "tzero": text_color(ZERO), "stamp": stamp,
+               "off": spec.scale == "none", "probe": order[-1] if order else None}
     info = {"metric": metric, "label": spec.label, "scale": spec.scale, "lo": lo, "hi": hi,
             "n_values": sum(v is not None for v in values),
-            "n_nonfinite": sum(v is not None and not math.isfinite(v) for v in values)}
+            "n_nonfinite": sum(v is not None and not math.isfinite(v) for v in values),
+            "n_zero": sum(c == -3 for c in codes)}
     return payload, info
 
 
@@ -294,7 +326,9 @@ def _code(v: float | None, scale: str, lo, hi, n: int) -> int:
     if lo is None:
         return 0
     if scale == "log":
-        if v <= 0:
+        if v == 0:
+            return -3
+        if v < 0:
             return 0
         a, b, x = math.log10(lo), math.log10(hi), math.log10(v)
     else:

@@ -59,7 +59,19 @@ HEATMAP_SLOT = "gva-heatmap-slot"
 DIFF_SLOT = "gva-diff-slot"
 RANK_FIG_SLOT = "gva-rank-fig-slot"
 
+# runs side by side (``/?runs=a,b,c``)
+COMPARE = "gva-compare"           # the section (moves to the top when the URL names runs)
+RUNS = "gva-runs"                 # run names (``name`` or ``name@rank``) overlaid
+CMP_KIND = "gva-cmp-kind"         # "param", "node" or "module"
+CMP_KEY = "gva-cmp-key"
+CMP_STAT = "gva-cmp-stat"
+CMP_FIG = "gva-cmp-fig"
+CMP_SLOT = "gva-cmp-slot"
+CMP_INFO = "gva-cmp-info"
+
 # graph versions and ranks
+VERSIONS_CARD = "gva-versions-card"
+RANKS_CARD = "gva-ranks-card"
 VERSION_A = "gva-version-a"
 VERSION_B = "gva-version-b"
 DIFF_GRAPH = "gva-diff-graph"

@@ -32,8 +32,9 @@ def header() -> html.Header:
 
 
 def _figure(id_: str, height: str, **config) -> dcc.Graph:
-    return dcc.Graph(id=id_, config={"displaylogo": False, **config}, style={"height": height},
-                     figure={"data": [], "layout": {}})
+    # The mode bar shows on hover only, at the top right; legends sit at the top left.
+    return dcc.Graph(id=id_, config={"displaylogo": False, "displayModeBar": "hover", **config},
+                     style={"height": height}, figure={"data": [], "layout": {}})
 
 
 def deferred() -> dict[str, object]:
@@ -45,10 +46,12 @@ def deferred() -> dict[str, object]:
     """
     return {
         ids.LOSS_SLOT: _figure(ids.LOSS, "260px", scrollZoom=True),
-        ids.METRICS_SLOT: _figure(ids.METRICS, "220px"),
-        ids.NODE_FIG_SLOT: _figure(ids.NODE_FIG, "240px"),
-        ids.FLOW_SLOT: _figure(ids.FLOW, "360px"),
-        ids.HEATMAP_SLOT: _figure(ids.HEATMAP, "360px"),
+        ids.METRICS_SLOT: _figure(ids.METRICS, "260px"),
+        ids.NODE_FIG_SLOT: _figure(ids.NODE_FIG, "260px"),
+        ids.FLOW_SLOT: _figure(ids.FLOW, "520px"),
+        ids.HEATMAP_SLOT: _figure(ids.HEATMAP, "520px"),
+        ids.CMP_SLOT: html.Div([html.Div(id=ids.CMP_INFO, className="gva-hint"),
+                                _figure(ids.CMP_FIG, "200px")]),
         ids.DIFF_SLOT: html.Div([
             html.Div(id=ids.DIFF_INFO, className="gva-diff-info"),
             cyto.Cytoscape(id=ids.DIFF_GRAPH, elements=[], layout=preset_layout(),
@@ -69,15 +72,18 @@ def curves() -> html.Section:
             html.Div(className="gva-metrics", children=[
                 dcc.Dropdown(id=ids.SCALARS, multi=True, placeholder="other scalars",
                              className="gva-scalars"),
-                _slot(ids.METRICS_SLOT, "220px"),
+                _slot(ids.METRICS_SLOT, "260px"),
             ]),
         ]),
-        html.Div(className="gva-step-row", children=[
-            html.Div(id=ids.STEP_LABEL, className="gva-step-label", children="step –"),
-            html.Div(className="gva-slider", children=dcc.Slider(
-                id=ids.STEP_SLIDER, min=0, max=1, step=1, value=0, updatemode="mouseup",
-                marks=None, tooltip={"placement": "bottom", "always_visible": False})),
-        ]),
+    ])
+
+
+def step_row() -> html.Div:
+    return html.Div(className="gva-step-row", children=[
+        html.Div(id=ids.STEP_LABEL, className="gva-step-label", children="step –"),
+        html.Div(className="gva-slider", children=dcc.Slider(
+            id=ids.STEP_SLIDER, min=0, max=1, step=1, value=0, updatemode="mouseup",
+            marks=None, tooltip={"placement": "bottom", "always_visible": False})),
     ])
 
 
@@ -104,26 +110,33 @@ def graph_section() -> html.Section:
                     className="gva-button"),
         html.Button("fold all", id=ids.FOLD_ALL, className="gva-button"),
         html.Button("unfold all", id=ids.UNFOLD_ALL, className="gva-button"),
-        html.Button("fit", id=ids.FIT, className="gva-button"),
+        html.Button("fit", id=ids.FIT, className="gva-button", title="show all of the graph"),
     ])
     # Elements are loaded by assets/dashboard.js from the ELEMENTS store, not through this
     # component's props; nodes are not draggable (positions come from the layout).
     graph = cyto.Cytoscape(
         id=ids.GRAPH, elements=[], layout=preset_layout(), stylesheet=stylesheet(),
         minZoom=0.02, maxZoom=4, autoRefreshLayout=False, boxSelectionEnabled=False,
-        autoungrabify=True, responsive=True, style={"width": "100%", "height": "68vh"},
+        autoungrabify=True, responsive=True, style={"width": "100%", "height": "100%"},
         className="gva-cy")
     detail = html.Aside(className="gva-detail", children=[
+        html.Div(id=ids.LEGEND),
+        kind_legend(),
         html.Div(id=ids.DETAIL, children=html.P("Click a node to see its op, shapes, saved tensors "
                                                 "and gradient statistics.", className="gva-hint")),
-        _slot(ids.NODE_FIG_SLOT, "240px"),
+        _slot(ids.NODE_FIG_SLOT, "260px"),
         html.Div(id=ids.DETAIL_AT_STEP),
     ])
     return html.Section(className="gva-card gva-graph-card", children=[
         toolbar,
-        html.Div(className="gva-legend-row", children=[html.Div(id=ids.LEGEND), kind_legend()]),
-        html.Div(className="gva-graph-row", children=[html.Div(className="gva-cy-wrap", children=[
-            graph, html.Div(id=ids.GRAPH_INFO, className="gva-graph-info")]), detail]),
+        step_row(),
+        html.Div(className="gva-graph-row", children=[
+            html.Div(className="gva-graph-col", children=[
+                html.Div(className="gva-cy-wrap", children=[graph]),
+                html.Div(className="gva-under", children=[
+                    html.Span(id=ids.GRAPH_INFO, className="gva-graph-info")]),
+            ]),
+            detail]),
     ])
 
 
@@ -131,13 +144,35 @@ def flow_section() -> html.Section:
     return html.Section(className="gva-card gva-flow", children=[
         html.H2("Gradient flow"),
         html.Div(className="gva-two", children=[
-            _slot(ids.FLOW_SLOT, "360px"), _slot(ids.HEATMAP_SLOT, "360px"),
+            _slot(ids.FLOW_SLOT, "520px"), _slot(ids.HEATMAP_SLOT, "520px"),
         ]),
     ])
 
 
-def compare_section() -> html.Section:
-    versions = html.Div(className="gva-versions", children=[
+CMP_STATS = ("grad_norm", "grad_absmax", "grad_zero_frac", "param_norm", "update_ratio",
+             "act_mean", "act_zero_frac")
+
+
+def compare_runs_section() -> html.Section:
+    """Runs side by side: loss, metrics and one statistic of several runs on a shared step axis."""
+    return html.Section(id=ids.COMPARE, className="gva-card gva-compare", children=[
+        html.H2("Compare runs"),
+        html.Div(className="gva-toolbar", children=[
+            dcc.Dropdown(id=ids.RUNS, multi=True, placeholder="pick runs to overlay",
+                         className="gva-runs"),
+            dcc.Dropdown(id=ids.CMP_KIND, value="param", clearable=False, style={"width": "9rem"},
+                         options=[{"label": k, "value": k} for k in ("param", "node", "module")]),
+            dcc.Dropdown(id=ids.CMP_KEY, placeholder="parameter / node / module",
+                         style={"width": "20rem"}),
+            dcc.Dropdown(id=ids.CMP_STAT, value="grad_norm", clearable=False, style={"width": "11rem"},
+                         options=[{"label": s, "value": s} for s in CMP_STATS]),
+        ]),
+        _slot(ids.CMP_SLOT, "200px"),
+    ])
+
+
+def compare_section() -> html.Div:
+    versions = html.Section(id=ids.VERSIONS_CARD, className="gva-card gva-versions", children=[
         html.H2("Graph versions"),
         html.Div(className="gva-toolbar", children=[
             html.Label("from", htmlFor=ids.VERSION_A), _dropdown(ids.VERSION_A, "version", "16rem"),
@@ -145,7 +180,7 @@ def compare_section() -> html.Section:
         ]),
         _slot(ids.DIFF_SLOT, "440px"),
     ])
-    ranks = html.Div(className="gva-ranks", children=[
+    ranks = html.Section(id=ids.RANKS_CARD, className="gva-card gva-ranks", children=[
         html.H2("Ranks"),
         html.Div(className="gva-toolbar", children=[
             html.Label("rank", htmlFor=ids.RANK_A), _dropdown(ids.RANK_A, "rank", "6rem"),
@@ -155,7 +190,7 @@ def compare_section() -> html.Section:
         ]),
         _slot(ids.RANK_FIG_SLOT, "380px"),
     ])
-    return html.Section(className="gva-card gva-two", children=[versions, ranks])
+    return html.Div(className="gva-two gva-extra", children=[versions, ranks])
 
 
 def stores() -> list:
@@ -175,7 +210,8 @@ def stores() -> list:
 def build_layout() -> html.Div:
     """The whole page, figures still in their slots (see :func:`deferred`)."""
     return html.Div(className="gva", children=[
-        *stores(), header(), curves(), graph_section(), flow_section(), compare_section(),
+        *stores(), header(), graph_section(), curves(), flow_section(), compare_runs_section(),
+        compare_section(),
     ])
 
 

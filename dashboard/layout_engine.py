@@ -1,7 +1,9 @@
 """Node positions for the graph view, computed on the server (the browser gets a preset layout).
 
 Small and medium graphs are laid out by Graphviz ``dot`` (``-Tplain`` on DOT we
-write here: fixed-size boxes, module clusters), so the view looks like the
+write here: fixed-size boxes, module clusters, and the compact plan of
+:mod:`graphviz_autograd.export.compact`: parameter chains held beside their user, a
+tall graph wrapped into columns shaped like the screen), so the view looks like the
 rendered graph. Past :data:`DOT_MAX_NODES` visible nodes, or when ``dot`` is
 missing, fails or is slow, a layered layout in Python takes over: layers from
 longest paths (every node sits just above its nearest consumer), barycentric
@@ -14,26 +16,31 @@ import math
 import subprocess
 from collections import deque
 
+from graphviz_autograd.export.compact import Plan, plan_layout
 from graphviz_autograd.export.dot import FAST_LAYOUT, node_label, q
 from graphviz_autograd.graph.model import Node
 
 DOT_MAX_NODES = 2000
 DOT_TIMEOUT_S = 5.0
-CHAR_W, LINE_H, PAD_W, PAD_H = 6.1, 13.0, 14.0, 8.0
+RETRY_MAX_NODES = 160                # up to this size a layout also tries one column less and more
+FONT_PX = 12.0                       # node labels; the browser shows them at zoom >= 11/12
+CHAR_W, LINE_H, PAD_W, PAD_H = 7.2, 15.0, 16.0, 8.0
+SCREEN_W, SCREEN_H = 1030.0, 630.0   # what a 1366x768 laptop shows of the graph, at zoom 11/12
 MAX_LABEL_CHARS = 48
 RANKSEP, NODESEP = 22.0, 18.0       # px, like the DOT render's 0.3 in / 0.25 in
 PT = 72.0                            # dot works in inches
 
 
-def label_lines(n: Node) -> tuple[str, ...]:
-    """The label of a node, line by line (the same text as the DOT render), each line capped."""
-    lines = tuple(p for p in node_label(n) if p)
+def label_lines(n: Node, short: bool = True) -> tuple[str, ...]:
+    """The label of a node, line by line (the same text as the DOT render: names relative to the
+    module box around them), each line capped."""
+    lines = tuple(p for p in node_label(n, short=short, brief=True) if p)
     return tuple(p if len(p) <= MAX_LABEL_CHARS else p[:MAX_LABEL_CHARS - 1] + "…"
                  for p in lines) or (n.id,)
 
 
 def box_size(lines: tuple[str, ...]) -> tuple[float, float]:
-    """Width and height in px of a box holding ``lines`` at font size 10."""
+    """Width and height in px of a box holding ``lines`` at :data:`FONT_PX`."""
     width = max((len(s) for s in lines), default=1) * CHAR_W + PAD_W
     return round(max(width, 30.0), 1), round(len(lines) * LINE_H + PAD_H, 1)
 
@@ -43,8 +50,9 @@ Positions = dict[str, tuple[float, float]]
 
 def layout(ids: list[str], sizes: dict[str, tuple[float, float]], edges: list[tuple[str, str]],
            parent: dict[str, str], groups: list[tuple[str, str, str]],
-           engine: str = "auto") -> tuple[Positions, str]:
-    """Centre positions (px, y grows downwards) of every node in ``ids``, and the engine used.
+           engine: str = "auto") -> tuple[Positions, str, frozenset[str]]:
+    """Centre positions (px, y grows downwards) of every node in ``ids``, the engine used, and
+    the groups that span two columns of a wrapped layout (not drawn as boxes).
 
     Args:
         ids: node ids, in a stable order.
@@ -56,14 +64,56 @@ def layout(ids: list[str], sizes: dict[str, tuple[float, float]], edges: list[tu
     """
     if engine in ("auto", "dot") and (engine == "dot" or len(ids) <= DOT_MAX_NODES):
         try:
-            return dot_layout(ids, sizes, edges, parent, groups), "dot"
+            plan = compact_plan(ids, sizes, edges, parent, groups)
+            pos = dot_layout(ids, sizes, edges, parent, groups, plan=plan)
+            if len(ids) <= RETRY_MAX_NODES:     # the plan estimates sizes: try one column less/more
+                best = (screen_zoom(pos, sizes), pos, plan)
+                for columns in (plan.columns - 1, plan.columns + 1):
+                    if columns >= 1:
+                        other = compact_plan(ids, sizes, edges, parent, groups, columns=columns)
+                        if other.columns == columns:
+                            pos2 = dot_layout(ids, sizes, edges, parent, groups, plan=other)
+                            best = max(best, (screen_zoom(pos2, sizes), pos2, other),
+                                       key=lambda b: b[0])
+                _zoom, pos, plan = best
+            return pos, "dot", plan.broken
         except (OSError, ValueError, RuntimeError, subprocess.SubprocessError):
             pass                         # no dot, or it failed: the layered layout still works
-    return layered_layout(ids, sizes, edges, parent), "layered"
+    return layered_layout(ids, sizes, edges, parent), "layered", frozenset()
 
 
-def to_dot_source(ids, sizes, edges, parent, groups) -> str:
-    """DOT text for layout only: nodes ``n<i>`` as fixed boxes, modules as clusters."""
+def screen_zoom(pos: Positions, sizes) -> float:
+    """The zoom at which the whole layout fits :data:`SCREEN_W` x :data:`SCREEN_H`."""
+    if not pos:
+        return 1.0
+    xs = [(x - sizes[n][0] / 2, x + sizes[n][0] / 2) for n, (x, _y) in pos.items()]
+    ys = [(y - sizes[n][1] / 2, y + sizes[n][1] / 2) for n, (_x, y) in pos.items()]
+    width = max(b for _a, b in xs) - min(a for a, _b in xs) + 40
+    height = max(b for _a, b in ys) - min(a for a, _b in ys) + 40
+    return min(SCREEN_W / width, SCREEN_H / height)
+
+
+def compact_plan(ids, sizes, edges, parent, groups, columns: int | None = None) -> Plan:
+    """The compact plan (hold edges, columns) for a layout shaped like :data:`SCREEN_W` x
+    :data:`SCREEN_H`."""
+    up = {gid: parent_gid for gid, _label, parent_gid in groups}
+    chains: dict[str, tuple[str, ...]] = {}
+    for nid in ids:
+        path, gid = [], parent.get(nid, "")
+        while gid:
+            path.append(gid)
+            gid = up.get(gid, "")
+        chains[nid] = tuple(reversed(path))
+    known = set(ids)
+    return plan_layout(ids, [(s, d) for s, d in edges if s in known and d in known], chains, sizes,
+                       aspect=SCREEN_W / SCREEN_H, wrap_above=SCREEN_H, ranksep=RANKSEP,
+                       nodesep=NODESEP, columns=columns)
+
+
+def to_dot_source(ids, sizes, edges, parent, groups, plan: Plan | None = None) -> str:
+    """DOT text for layout only: nodes ``n<i>`` as fixed boxes, modules as clusters (those the
+    plan breaks left out), plus the plan's hold edges and column anchors."""
+    plan = plan or Plan()
     index = {nid: i for i, nid in enumerate(ids)}
     attrs = {"rankdir": "TB", "ranksep": f"{RANKSEP / PT:.3f}", "nodesep": f"{NODESEP / PT:.3f}",
              "newrank": "true", "splines": "false"}
@@ -71,12 +121,20 @@ def to_dot_source(ids, sizes, edges, parent, groups) -> str:
         attrs.update(FAST_LAYOUT)
     out = ["digraph layout {", "  graph [" + ", ".join(f"{k}={q(v)}" for k, v in attrs.items()) + "]",
            '  node [shape=box, fixedsize=true, label=""]', '  edge [arrowhead=none]']
+    up_of = {gid: up for gid, _label, up in groups}
+
+    def home(gid: str) -> str:
+        while gid and gid in plan.broken:
+            gid = up_of.get(gid, "")
+        return gid
+
     children: dict[str, list[str]] = {}
     for gid, _label, up in groups:
-        children.setdefault(up, []).append(gid)
+        if gid not in plan.broken:
+            children.setdefault(home(up), []).append(gid)
     members: dict[str, list[str]] = {}
     for nid in ids:
-        members.setdefault(parent.get(nid, ""), []).append(nid)
+        members.setdefault(home(parent.get(nid, "")), []).append(nid)
     cluster_no = {gid: i for i, (gid, _l, _u) in enumerate(groups)}
 
     def emit(gid: str, pad: str) -> None:
@@ -91,12 +149,22 @@ def to_dot_source(ids, sizes, edges, parent, groups) -> str:
     emit("", "  ")
     for src, dst in edges:
         if src in index and dst in index:
-            out.append(f"  n{index[src]} -> n{index[dst]}")
+            loose = ' [constraint="false"]' if (src, dst) in plan.loose else ""
+            out.append(f"  n{index[src]} -> n{index[dst]}{loose}")
+    for upper, lower in plan.hold:
+        out.append(f'  n{index[upper]} -> n{index[lower]} [style="invis", minlen="1", weight="0"]')
+    if plan.columns > 1:
+        anchors = [f"c{k}" for k in range(plan.columns)]
+        out.append("  { rank=same; " + " ".join(f'{a} [width="0", height="0"];' for a in anchors) + " }")
+        out += [f"  {a} -> {b}" for a, b in zip(anchors, anchors[1:])]
+        out += [f'  {a} -> n{index[top]} [weight="0"]' for a, tops in zip(anchors, plan.tops)
+                for top in tops]
     out.append("}")
     return "\n".join(out) + "\n"
 
 
-def dot_layout(ids, sizes, edges, parent, groups, timeout: float = DOT_TIMEOUT_S) -> Positions:
+def dot_layout(ids, sizes, edges, parent, groups, timeout: float = DOT_TIMEOUT_S,
+               plan: Plan | None = None) -> Positions:
     """Positions from ``dot -Tplain``. Raises OSError/RuntimeError/TimeoutExpired on failure."""
     from graphviz_autograd.export.dot import find_dot  # noqa: PLC0415 (raises RenderError)
 
@@ -109,7 +177,7 @@ def dot_layout(ids, sizes, edges, parent, groups, timeout: float = DOT_TIMEOUT_S
     if not ids:
         return {}
     proc = subprocess.run([binary, "-Tplain"], input=to_dot_source(ids, sizes, edges, parent,
-                                                                     groups).encode(),
+                                                                     groups, plan).encode(),
                           capture_output=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr.decode(errors="replace")[:300])
@@ -119,7 +187,7 @@ def dot_layout(ids, sizes, edges, parent, groups, timeout: float = DOT_TIMEOUT_S
         parts = line.split(" ", 4)
         if parts[0] == "graph":
             height = float(parts[3])
-        elif parts[0] == "node":
+        elif parts[0] == "node" and parts[1].startswith("n"):
             i = int(parts[1][1:])
             pos[ids[i]] = (round(float(parts[2]) * PT, 1), round((height - float(parts[3])) * PT, 1))
     if len(pos) != len(ids):

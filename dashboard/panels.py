@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from dash import html
 
+from graphviz_autograd.export.labels import plural
 from graphviz_autograd.export.style import human_bytes
 from graphviz_autograd.graph.model import Graph, Node, NodeKind, TensorMeta
 
-from .fold import GROUP_PREFIX, MODULE_PREFIX
-from .graph_view import BINARY, NO_DATA, NONFINITE, PALETTE, fmt_value
+from .fold import GROUP_PREFIX
+from .graph_view import BINARY, NO_DATA, NONFINITE, PALETTE, ZERO, fmt_value
 from .ops import base_name, explain
 
 MAX_ROWS = 12
@@ -61,8 +62,8 @@ def detail_panel(node: Node, graph: Graph, members: int = 0) -> list:
         rows.append(_row("source", node.source))
     if folded:
         attrs = dict(node.attrs)
-        rows.append(_row("contains", f"{attrs.get('nodes', members)} nodes, "
-                                     f"{attrs.get('params', '0')} parameters"))
+        rows.append(_row("contains", f"{plural(attrs.get('nodes', members), 'node')}, "
+                                     f"{plural(attrs.get('params', '0'), 'parameter')}"))
         rows.append(_row("main ops", attrs.get("ops", "")))
     children: list = [html.H3(title, className="gva-node-title"),
                       html.Table(html.Tbody(rows), className="gva-props")]
@@ -96,7 +97,7 @@ def group_panel(group_id: str, n_visible: int) -> list:
     path = group_id[len(GROUP_PREFIX):]
     return [html.H3(path, className="gva-node-title"),
             html.Table(html.Tbody([_row("kind", "module (open)"),
-                                   _row("shows", f"{n_visible} nodes")]), className="gva-props"),
+                                   _row("shows", plural(n_visible, "node"))]), className="gva-props"),
             html.P("Use “fold / unfold selected” to fold it into one node.", className="gva-hint")]
 
 
@@ -116,7 +117,7 @@ def legend(info: dict | None, step: int | None = None) -> html.Div:
     if not info or info.get("scale") == "none":
         return html.Div(className="gva-legend", children="colour: node kind")
     scale = info["scale"]
-    where = f" at step {step}" if step is not None else ""
+    where = f" of step {step}" if step is not None else ""
     parts: list = [html.Span(f"{info['label']}{where}", className="gva-legend-title")]
     if scale == "binary":
         parts += [html.Span(className="gva-swatch", style={"background": BINARY[0]}), "none",
@@ -131,6 +132,9 @@ def legend(info: dict | None, step: int | None = None) -> html.Div:
                   html.Span(fmt_value(info["hi"], fmt), className="gva-legend-hi"),
                   html.Span("log scale" if scale == "log" else "linear", className="gva-hint")]
     parts += [html.Span(className="gva-swatch", style={"background": NO_DATA}), "no data"]
+    if info.get("n_zero"):
+        parts += [html.Span(className="gva-swatch", style={"background": ZERO}),
+                  f"exactly 0 ({info['n_zero']})"]
     if info.get("n_nonfinite"):
         parts += [html.Span(className="gva-swatch", style={"background": NONFINITE}),
                   f"NaN/Inf ({info['n_nonfinite']})"]

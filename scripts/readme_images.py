@@ -23,10 +23,10 @@ def main():
     graph = ga.trace(loss, model=net)
     print(graph.render(os.path.join(DOCS, "lenet5.png")))
     import torchvision
-    res = torchvision.models.resnet18(num_classes=10)
+    res = torchvision.models.resnet18()
     with ga.instrument(res):
-        out = res(torch.randn(2, 3, 64, 64))
-    print(ga.trace(out, model=res).render(os.path.join(DOCS, "resnet18-depth1.png"), depth=1))
+        out = res(torch.randn(1, 3, 224, 224))
+    print(ga.trace(out, model=res).render(os.path.join(DOCS, "resnet18.png")))
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ def test_diagnose_stays_callable_after_every_entry_point_was_used():
 def test_graph_methods_take_the_arguments_of_the_export_functions():
     from graphviz_autograd.export import dot
 
-    for method, function in ((ga.Graph.to_dot, dot.to_dot), (ga.Graph.render, dot.render)):
+    for method, function in ((ga.Graph.to_dot, dot.to_dot), (ga.Graph.render, dot.render),
+                             (ga.Graph.to_graphviz, dot.to_graphviz)):
         ours = list(inspect.signature(method).parameters.values())[1:]
         theirs = list(inspect.signature(function).parameters.values())[1:]
         assert [(p.name, p.default) for p in ours] == [(p.name, p.default) for p in theirs]

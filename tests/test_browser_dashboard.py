@@ -180,14 +180,15 @@ def test_hostile_module_name_renders_literally(server, page):
     assert HOSTILE in detail.inner_text()
     assert page.evaluate("() => document.querySelectorAll('#gva-detail img, .gva img').length") == 0
     label = page.evaluate(f"() => {CY}._cyreg.cy.getElementById('param:{HOSTILE}.weight').data('label')")
-    assert label.startswith(HOSTILE)
+    box = page.evaluate(f"() => {CY}._cyreg.cy.getElementById('group:{HOSTILE}').data('label')")
+    assert label.startswith("weight") and box == HOSTILE      # named inside its module's box
     page.wait_for_timeout(300)
     assert page.gva_errors == []                 # includes: no alert() dialog ran
 
 
 def test_live_refresh_keeps_zoom_selection_and_elements(server, page, runs_root):
     _root, writer, version = runs_root
-    _open(page, server + "?run=live")
+    _open(page, server + "?run=live&fold=none")
     node = "blocks.0.attn/SoftmaxBackward0:0"
     _click_node(page, node)
     page.locator("#gva-detail").get_by_text("SoftmaxBackward0").first.wait_for(timeout=15_000)
@@ -198,7 +199,7 @@ def test_live_refresh_keeps_zoom_selection_and_elements(server, page, runs_root)
     before = page.evaluate(f"() => {{ const el = {CY}, cy = el._cyreg.cy; return [cy.zoom(), cy.pan(), "
                            "el.getAttribute('data-fitted'), el.getAttribute('data-painted')] }")
     _live_steps(writer, version, range(5, 10))
-    page.locator("#gva-status").get_by_text("latest 9").wait_for(timeout=20_000)
+    page.locator("#gva-status").get_by_text("steps 0–9").wait_for(timeout=20_000)
     page.wait_for_function(f"(old) => {CY}.getAttribute('data-painted') !== old", arg=before[3],
                            timeout=15_000)
     after = page.evaluate(f"() => {{ const el = {CY}, cy = el._cyreg.cy; return [cy.zoom(), cy.pan(), "

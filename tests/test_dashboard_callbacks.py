@@ -143,7 +143,7 @@ def test_run_options_pick_url_run_then_keep_the_choice(rec_src):
 def test_refresh_summarizes_and_is_silent_when_nothing_changed(rec_src):
     latest, status = C.refresh(rec_src, "lenet", None, 0, None)
     assert latest["latest"] == LENET_STEPS - 1 and latest["first"] == 0 and latest["ranks"] == [0]
-    assert "loss" in latest["scalars"] and "12 steps" in status
+    assert "loss" in latest["scalars"] and "12 logged" in status
     assert C.refresh(rec_src, "lenet", None, 1, latest) == (no_update, no_update)
 
 
@@ -164,14 +164,15 @@ def test_a_run_written_again_is_reopened(tmp_path):
 
 def test_select_step_follows_latest_until_the_user_picks(rec_src):
     latest = _latest(rec_src, "lenet")
-    state, slider, label = C.select_step(None, 0, None, latest, None, "")
-    assert state["step"] == LENET_STEPS - 1 and state["follow"] and "following" in label
+    state, slider = C.select_step(None, 0, None, latest, None, "")
+    assert state["step"] == LENET_STEPS - 1 and state["follow"]
+    assert C.step_label(rec_src, state, latest) == f"step {LENET_STEPS - 1} (the latest)"
     picked = {"step": 3, "at": 1.0}
-    state, slider, _ = C.select_step(ids.PICKED, slider, picked, latest, state, "")
+    state, slider = C.select_step(ids.PICKED, slider, picked, latest, state, "")
     assert state == {"step": 3, "follow": False, "run": "lenet"} and slider == 3
     newer = {**latest, "latest": LENET_STEPS + 5}
     assert C.select_step(ids.LATEST, 3, picked, newer, state, "")[0] is no_update   # stays on 3
-    state, _, _ = C.select_step(ids.STEP_SLIDER, 99, None, latest, state, "")
+    state, _ = C.select_step(ids.STEP_SLIDER, 99, None, latest, state, "")
     assert state["step"] == LENET_STEPS - 1 and state["follow"]                    # clamped
 
 
@@ -326,10 +327,13 @@ def test_curves_and_step_patches(rec_src):
 def test_gradient_flow_and_heatmap(rec_src):
     latest = _latest(rec_src, "lenet")
     flow = A.flow_figure(rec_src, latest, {"step": 3})
-    names = flow["data"][0]["x"]
-    assert "fc1.weight" in names and all(v is None or v > 0 for v in flow["data"][1]["y"])
+    names = flow["data"][0]["y"]
+    assert "fc1.weight" in names and all(v is None or v > 0 for v in flow["data"][1]["x"])
     heat = A.heatmap_figure(rec_src, {ids.LATEST}, latest, {"step": 3})
-    assert len(heat["data"][0]["z"]) == len(heat["data"][0]["y"]) and heat["data"][0]["x"][-1] == LENET_STEPS - 1
+    z, edges = heat["data"][0]["z"], heat["data"][0]["x"]
+    assert len(z) == len(heat["data"][0]["y"]) == 10                 # every parameter, a row each
+    assert edges == list(range(LENET_STEPS + 1))                       # one cell per recorded step
+    assert all(len(row) == LENET_STEPS for row in z)
 
 
 def test_version_diff_highlights_added_and_removed(rec_src):

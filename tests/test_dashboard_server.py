@@ -2,6 +2,7 @@
 the live callbacks while a run is being written (bounded: loopback only, fixed requests and time)."""
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -102,7 +103,7 @@ def test_runs_outside_the_root_are_never_opened(server, tmp_path):
         status, body = _post(port, refresh_payload(name, 1))
         assert status == 200 and b"SECRET_MODEL" not in body, name
         assert b"no run named" in body or b"cannot read run" in body, (name, body[:300])
-    for url in (f"/?run=..%2Foutside", "/_gva/elements?key=..%2F..%2Foutside%7C0%7Cv1",
+    for url in ("/?run=..%2Foutside", "/_gva/elements?key=..%2F..%2Foutside%7C0%7Cv1",
                 "/_gva/elements?key=/etc/passwd"):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}{url}", timeout=10) as r:
@@ -152,3 +153,49 @@ def test_twenty_clients_poll_live_callbacks_while_a_run_is_written(server):
     p50, p99 = statistics.median(lat), lat[int(0.99 * (len(lat) - 1))]
     print(f"\n{len(lat)} refresh requests from {CLIENTS} clients: p50 {p50 * 1000:.0f} ms, "
           f"p99 {p99 * 1000:.0f} ms, max {lat[-1] * 1000:.0f} ms")
+
+
+def test_serves_with_a_real_wsgi_server_and_prints_one_line(tmp_path):
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([*CLI, "dashboard", str(tmp_path), "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("graphviz-autograd dashboard: ") and f"http://127.0.0.1:{port}/" in first
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:
+            assert r.status == 200 and "graphviz-autograd" in r.headers.get("Server", "")  # waitress
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    assert out == "", f"more than one line printed: {out!r}"
+    for banner in ("Dash is running", "Serving Flask app", "development server", "Debug mode"):
+        assert banner not in out + err + first
+    assert "Traceback" not in err
+
+
+def test_a_taken_port_is_reported_before_anything_is_printed(tmp_path):
+    with socket.socket() as other:                 # another program listening there
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        proc = subprocess.run([*CLI, "dashboard", str(tmp_path / "runs"), "--port", str(port)],
+                              env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
+                              text=True, timeout=120)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert f"port {port}" in proc.stderr and f"--port {port + 1}" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()
+
+
+def test_listening_beyond_loopback_warns(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen([*CLI, "dashboard", str(tmp_path), "--host", "0.0.0.0", "--port", str(port)],
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert f"http://0.0.0.0:{port}/" in proc.stdout.readline()
+        warning = proc.stderr.readline()
+        assert "WARNING" in warning and "network" in warning
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)

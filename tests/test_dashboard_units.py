@@ -11,6 +11,8 @@ pytest.importorskip("dash")
 pytest.importorskip("dash_cytoscape")
 
 from graphviz_autograd.dashboard import app as APP  # noqa: E402
+from graphviz_autograd.dashboard import server as SRV  # noqa: E402
+from graphviz_autograd.dashboard.gradients import MISSING, ZERO, build_flow, build_heat  # noqa: E402
 from graphviz_autograd.dashboard import figures as FIG  # noqa: E402
 from graphviz_autograd.dashboard import fold as F  # noqa: E402
 from graphviz_autograd.dashboard import graph_view as GV  # noqa: E402
@@ -81,13 +83,19 @@ def test_fold_merges_a_module_and_keeps_edges():
     assert view.parent["blocks.1.attn.q/AddmmBackward0:0"] == "group:blocks.1.attn.q"
 
 
-def test_auto_fold_keeps_big_graphs_under_the_limit():
-    small = synthetic_graph(200)
-    assert F.auto_fold(small) == frozenset()
-    big = synthetic_graph(2000)
-    folded = F.fold(big, F.auto_fold(big))
-    assert len(folded.graph) <= F.AUTO_MAX_NODES
-    assert F.depth_counts(big)[0] < F.depth_counts(big)[-1]
+def test_auto_fold_shows_a_screenful_and_opens_a_repeated_block_once():
+    small = synthetic_graph(40)
+    assert len(small) <= F.AUTO_MAX_NODES and F.auto_fold(small) == frozenset()
+    big = synthetic_graph(400)                       # 9 transformer blocks
+    n = len({m for m in F.all_modules(big) if m.startswith("blocks.") and m.count(".") == 1})
+    folded = F.auto_fold(big)
+    view = F.fold(big, folded)
+    assert len(view.graph) <= F.AUTO_MAX_NODES and n == 9
+    assert "blocks.0" not in folded                  # the first block is open...
+    assert {f"blocks.{i}" for i in range(1, n)} <= folded      # ...its repeats folded
+    assert f"blocks.1–{n - 1} ({n - 1} blocks)" in F.describe_folded(big, folded)
+    huge = synthetic_graph(2000)                     # 48 blocks: one node each is all that fits
+    assert len(F.fold(huge, F.auto_fold(huge)).graph) <= F.AUTO_MAX_NODES
 
 
 def test_unchanged_modules_fold_everything_but_the_change():
@@ -111,7 +119,7 @@ def test_layouts_place_every_node_top_down(engine):
     view, ids_, sizes, edges = _layout_inputs(160)
     if engine == "dot":
         pytest.importorskip("shutil").which("dot") or pytest.skip("no graphviz dot")
-    pos, used = LE.layout(ids_, sizes, edges, view.parent, view.groups, engine)
+    pos, used, _broken = LE.layout(ids_, sizes, edges, view.parent, view.groups, engine)
     assert used == engine and set(pos) == set(ids_)
     below = sum(pos[d][1] > pos[s][1] for s, d in edges)
     assert below >= 0.9 * len(edges)                        # producers above consumers
@@ -173,7 +181,8 @@ def test_color_codes_log_scale_nan_and_missing():
     payload, info = GV.color_payload("k", ids.GRAPH, values, "grad_norm", list("abcdef"), "s")
     c = payload["c"]
     assert c[0] == 0 and c[2] == len(GV.PALETTE) - 1 and 0 < c[1] < c[2]
-    assert c[3] == -1 and c[4] == -2 and c[5] == 0 and info["n_nonfinite"] == 1
+    assert c[3] == -1 and c[4] == -2 and c[5] == -3 and info["n_nonfinite"] == 1
+    assert info["n_zero"] == 1 and payload["zero"] == GV.ZERO
     payload, _ = GV.color_payload("k", ids.GRAPH, [0.0, 3.0], "nonfinite", ["a", "b"], "s")
     assert payload["c"] == [0, 1] and payload["p"] == GV.BINARY
 
@@ -200,8 +209,9 @@ def test_search_maps_hits_inside_folded_modules():
 # -- figures, ops, panels -----------------------------------------------------------------------
 def test_plot_text_escapes_tags():
     assert FIG.plot_text("<b>x</b> & y") == "&lt;b&gt;x&lt;/b&gt; &amp; y"
-    fig = FIG.flow_figure(["<img src=x>"], [1.0], [2.0], 3)
-    assert fig["data"][0]["x"] == ["&lt;img src=x&gt;"]
+    flow = build_flow(["<img src=x>"], {"<img src=x>": 1.0}, {"<img src=x>": 2.0}, {"<img src=x>": 4})
+    fig = FIG.flow_figure(flow, 3)
+    assert fig["data"][0]["y"] == ["&lt;img src=x&gt;"]
 
 
 def test_loss_figure_marks_the_step_and_goes_gl_when_long():
@@ -213,9 +223,15 @@ def test_loss_figure_marks_the_step_and_goes_gl_when_long():
     assert FIG.loss_figure([0, 1], [math.nan, math.inf], None, "r")["data"][0]["y"] == [None, None]
 
 
-def test_heatmap_is_log10_with_gaps():
-    fig = FIG.heatmap_figure(["a", "b"], [0, 1], [[10.0, None], [0.0, 1e-3]], 1)
-    assert fig["data"][0]["z"] == [[1.0, None], [None, -3.0]]
+def test_heatmap_is_log10_and_zero_and_missing_have_their_own_cells():
+    heat = build_heat({"a": ([0, 1], [10.0, 1e-3]), "b": ([0, 1], [0.0, 0.0]), "c": ([], [])}, [0, 1])
+    assert heat.rows == ["c", "b", "a"]              # no gradient, then zero, then the rest
+    fig = FIG.heatmap_figure(heat, 1)
+    assert fig["data"][0]["z"] == [[None, None], [None, None], [1.0, -3.0]]
+    assert fig["data"][0]["x"] == [0, 1, 2]          # one cell per recorded step, edges
+    states = fig["data"][1]["z"]
+    assert states[0] == [MISSING, MISSING] and states[1] == [ZERO, ZERO] and states[2] == [None, None]
+    assert {t["name"] for t in fig["data"][2:]} == {"exactly 0", "no gradient"}
 
 
 def test_op_table_covers_common_ops():
@@ -232,7 +248,7 @@ def test_legend_shows_range_and_missing():
     info = {"metric": "grad_norm", "label": "gradient norm", "scale": "log", "lo": 1e-4, "hi": 2.0,
             "n_values": 3, "n_nonfinite": 1}
     text = str(panels.legend(info, 7))
-    assert "gradient norm at step 7" in text and "NaN/Inf (1)" in text and "no data" in text
+    assert "gradient norm of step 7" in text and "NaN/Inf (1)" in text and "no data" in text
     assert "node kind" in str(panels.legend(None))
 
 
@@ -272,17 +288,57 @@ def test_layout_has_every_id_once_and_reads_nothing(tmp_path):
 
 
 def test_is_loopback():
-    assert APP.is_loopback("127.0.0.1") and APP.is_loopback("::1") and APP.is_loopback("localhost")
-    assert not APP.is_loopback("0.0.0.0") and not APP.is_loopback("192.168.1.4")
+    assert SRV.is_loopback("127.0.0.1") and SRV.is_loopback("::1") and SRV.is_loopback("localhost")
+    assert not SRV.is_loopback("0.0.0.0") and not SRV.is_loopback("192.168.1.4")
 
 
-def test_serve_prints_url_and_warns_off_loopback(tmp_path, monkeypatch, capsys):
-    calls = []
-    monkeypatch.setattr("dash.Dash.run", lambda self, **kw: calls.append(kw))
-    APP.serve(tmp_path, host="127.0.0.1", port=8123)
-    out = capsys.readouterr()
-    assert "http://127.0.0.1:8123/" in out.out and "WARNING" not in out.err
-    APP.serve(tmp_path, host="0.0.0.0", port=8124)
-    out = capsys.readouterr()
-    assert "http://0.0.0.0:8124/" in out.out and "WARNING" in out.err and "network" in out.err
-    assert calls[0]["host"] == "127.0.0.1" and calls[1]["port"] == 8124
+# -- gradient charts at scale, comparison, ticks ------------------------------------------------
+def test_flow_chart_groups_200_parameters_by_module_and_keeps_problems_apart():
+    params = [f"stage{s}.block{b}.conv{c}.{w}" for s in range(4) for b in range(5) for c in range(5)
+              for w in ("weight", "bias")]
+    assert len(params) == 200
+    norm = {p: 0.1 for p in params}
+    norm["stage2.block3.conv1.weight"] = 0.0
+    del norm["stage3.block0.conv0.bias"]                      # no gradient at all
+    flow = build_flow(params, norm, norm, {p: 9 for p in params}, max_rows=30)
+    assert len(flow.labels) <= 30
+    assert flow.labels[:2] == ["stage3.block0.conv0.bias", "stage2.block3.conv1.weight"]
+    assert flow.state[:2] == [MISSING, ZERO]
+    assert all("params)" in label for label in flow.labels[2:])   # the rest grouped by module
+    assert sum(flow.members) == 200
+
+
+def test_heat_map_merges_columns_past_its_width_and_drops_no_step():
+    recorded = list(range(0, 4000, 10))                        # 400 recorded steps
+    heat = build_heat({"a.w": (recorded, [1.0] * 400)}, recorded, max_cols=150)
+    assert len(heat.firsts) <= 150 and sum(heat.counts) == 400
+    assert heat.edges[0] == 0 and heat.edges[-1] == 4000
+    assert all(v is not None for v in heat.z[0])
+
+
+def test_overlay_shares_one_step_axis_and_logs_learning_rates():
+    from graphviz_autograd.dashboard.compare import overlay_figure, split_choice
+
+    curves = {"sgd": {"loss": ([0, 1], [2.0, 1.0]), "lr": ([0, 1], [0.01, 0.01])},
+              "adam": {"loss": ([0, 1], [2.0, 0.5]), "lr": ([0, 1], [1e-3, 1e-3]),
+                       "test_acc": ([], [])}}
+    fig = overlay_figure(curves)
+    assert {t["name"] for t in fig["data"] if t["yaxis"] == "y"} == {"sgd", "adam"}
+    assert fig["layout"]["yaxis2"]["type"] == "log" and fig["layout"]["meta"]["rows"] == ["loss", "lr"]
+    assert all("xaxis" not in t for t in fig["data"])         # every trace on the one x axis
+    assert split_choice("ddp@1") == ("ddp", 1) and split_choice("a@b") == ("a@b", None)
+
+
+def test_slider_ticks_are_round_numbers():
+    from graphviz_autograd.dashboard.callbacks import nice_ticks
+
+    assert nice_ticks(0, 399) == [0, 100, 200, 300, 399]
+    assert nice_ticks(3, 3) == [3]
+    assert all(t % 20_000 == 0 for t in nice_ticks(0, 100_000))
+
+
+def test_log_axes_label_every_tick_in_full():
+    assert FIG.log_axis(1e-3, 0.05)["dtick"] == "D2" and FIG.log_axis(1e-9, 1.0)["dtick"] == 1
+    assert FIG.log_axis()["tickformat"] == ".2~g"
+    metrics = FIG.metrics_figure({"lr": ([0, 1], [0.01, 0.01]), "test_accuracy": ([], [])}, 1, "r")
+    assert len(metrics["data"]) == 1 and metrics["layout"]["yaxis"]["type"] == "log"

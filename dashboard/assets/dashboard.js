@@ -32,11 +32,20 @@
     cy.scratch("_gvaDetached", true);
   }
 
-  function fitTo(cy, box, padding) {
+  /* Show the whole drawing, as large as fits (up to 2.5x); never below `readable` (the zoom
+   * at which the smallest label is 11 px): then the drawing's start (top left) is shown at
+   * that zoom and the rest is a pan away. */
+  function fitTo(cy, box, padding, readable) {
     var w = cy.width(), h = cy.height();
     var bw = Math.max(box[2] - box[0], 1), bh = Math.max(box[3] - box[1], 1);
-    var zoom = Math.min((w - 2 * padding) / bw, (h - 2 * padding) / bh);
-    zoom = Math.max(cy.minZoom(), Math.min(cy.maxZoom(), Math.min(zoom, 1.5)));
+    var zoom = Math.min((w - 2 * padding) / bw, (h - 2 * padding) / bh, 2.5);
+    zoom = Math.max(cy.minZoom(), Math.min(cy.maxZoom(), zoom));
+    if (readable && zoom < readable) {
+      zoom = readable;
+      var x = bw * zoom <= w - 2 * padding ? (w - zoom * (box[0] + box[2])) / 2 : padding - zoom * box[0];
+      cy.viewport({zoom: zoom, pan: {x: x, y: padding - zoom * box[1]}});
+      return;
+    }
     cy.viewport({zoom: zoom, pan: {x: (w - zoom * (box[0] + box[2])) / 2,
                                    y: (h - zoom * (box[1] + box[3])) / 2}});
   }
@@ -70,13 +79,14 @@
     });
   }
 
-  function graphOf(key) {           // run|rank|version|fingerprint, without the folding digest
-    return key ? key.slice(0, key.lastIndexOf("|")) : "";
-  }
-
   function colourOf(colors, i) {
     var c = colors.c[i];
-    return c >= 0 ? colors.p[c] : (c === -2 ? colors.nan : colors.none);
+    return c >= 0 ? colors.p[c] : (c === -2 ? colors.nan : (c === -3 ? colors.zero : colors.none));
+  }
+  /* The text colour chosen on the server for that fill (WCAG AA contrast). */
+  function textOf(colors, i) {
+    var c = colors.c[i];
+    return c >= 0 ? colors.t[c] : (c === -2 ? colors.tnan : (c === -3 ? colors.tzero : colors.tnone));
   }
 
   /* Replace the graph with `payload` (fetched elements of `ref.key`); colours known for that
@@ -87,7 +97,10 @@
       var marked = markSet(colors);
       payload.elements.forEach(function (e) {
         if (e.data.ix === undefined) { return; }
-        if (!colors.off) { e.data.bg = colourOf(colors, e.data.ix); }
+        if (!colors.off) {
+          e.data.bg = colourOf(colors, e.data.ix);
+          e.data.fg = textOf(colors, e.data.ix);
+        }
         e.data.mark = marked[e.data.ix] ? 1 : 0;
       });
     }
@@ -96,9 +109,10 @@
       cy.add(payload.elements);
     });
     cy.scratch("_gvaKey", ref.key);
+    cy.scratch("_gvaBox", payload);
     el.setAttribute("data-key", ref.key);
-    if (graphOf(previous) !== graphOf(ref.key)) {
-      fitTo(cy, payload.bbox, 24);   // a new graph: show all of it (folding keeps the view)
+    if (previous !== ref.key) {      // a new graph or folding: show it (live refreshes keep the view)
+      fitTo(cy, payload.bbox, 16, payload.readable);
       el.setAttribute("data-fitted", ref.key);
     }
   }
@@ -116,9 +130,10 @@
       cy.nodes("[ix >= 0]").forEach(function (n) {
         var m = marked[n.data("ix")] ? 1 : 0;
         if (n.data("mark") !== m) { n.data("mark", m); }
-        if (colors.off) { n.removeData("bg"); return; }
-        var c = colourOf(colors, n.data("ix"));
+        if (colors.off) { n.removeData("bg"); n.removeData("fg"); return; }
+        var c = colourOf(colors, n.data("ix")), t = textOf(colors, n.data("ix"));
         if (n.data("bg") !== c) { n.data("bg", c); }
+        if (n.data("fg") !== t) { n.data("fg", t); }
       });
     });
   }
@@ -199,9 +214,9 @@
     return result.focus || "";
   }
 
-  function fit(_n, id) {
-    var cy = cyOf(id);
-    if (cy && cy.nodes().length) { cy.fit(undefined, 24); }
+  function fit(_n, id) {               // the "fit" button: all of it, however small
+    var cy = cyOf(id), payload = cy && cy.scratch("_gvaBox");
+    if (payload) { fitTo(cy, payload.bbox, 16, null); }
     return noUpdate();
   }
 

@@ -1,79 +1,47 @@
-"""DOT text and rendered images of a :class:`Graph`.
+"""DOT text, ``graphviz.Digraph`` objects and rendered images of a :class:`Graph`.
 
-The DOT text is written here (not through a DOT builder) so quoting is in one
-place: every label is a double-quoted DOT string with ``\\`` and ``"`` escaped,
-never an HTML label, so a module named ``<img src=x>`` renders literally.
+The DOT text is written by :class:`~graphviz_autograd.export.writer.DotWriter` (not
+through a DOT builder) so quoting is in one place: every label is a double-quoted DOT
+string, never an HTML label, so a module named ``<img src=x>`` renders literally.
+Renders run Graphviz's ``dot`` (or the graphviz-pure binary). A PNG is drawn at 96 dpi
+unless that would pass :data:`PNG_MAX_SIDE` px on a side or :data:`PNG_MAX_PIXELS` in
+all; then the resolution drops just enough (the layout is measured first with
+``-Tplain``: one more layout pass, a fraction of a second).
 
 Example:
     >>> from graphviz_autograd.graph.model import Graph
     >>> print(to_dot(Graph(nodes=(), edges=(), roots=()), legend=False).splitlines()[0])
     digraph autograd {
+    >>> png_dpi(10.0, 5.0)                 # a 960 x 480 px drawing keeps 96 dpi
+    96.0
+    >>> round(png_dpi(300.0, 100.0), 1)    # 28,800 x 9,600 px would be too big
+    31.3
 """
 from __future__ import annotations
 
+import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
-from collections import Counter
 
 from graphviz_autograd.errors import FormatError, RenderError
-from graphviz_autograd.graph.model import Graph, Node, NodeKind
-from graphviz_autograd.graph.fold import depth_to_fit, fold_depth, fold_repeats, node_module
+from graphviz_autograd.graph.model import Graph
+from graphviz_autograd.graph.fold import depth_to_fit, fold_depth, fold_repeats
 from graphviz_autograd.graph.fold import focus as focus_module
-from graphviz_autograd.export.style import CLUSTER_BORDER, FONT, KIND_STYLE, human_bytes
+from graphviz_autograd.export.labels import node_label, q
+from graphviz_autograd.export.writer import FAST_LAYOUT, DotWriter
+
+__all__ = ["DEFAULT_MAX_NODES", "FAST_LAYOUT", "FORMATS", "PNG_MAX_PIXELS", "PNG_MAX_SIDE",
+           "fill_ratio", "find_dot", "layout_size", "node_label", "png_dpi", "q", "render",
+           "run_dot", "to_dot", "to_graphviz", "to_svg"]
 
 FORMATS = ("svg", "png", "pdf", "dot", "gv")
 DEFAULT_MAX_NODES = 2000
-# Layout options that keep dot near-linear on big graphs (bench_render.py).
-FAST_LAYOUT = {"mclimit": "0.3", "nslimit": "3", "nslimit1": "3", "searchsize": "20",
-               "remincross": "false"}
-
-
-def q(text: object) -> str:
-    """Quote ``text`` as a DOT string literal."""
-    s = str(text).replace("\\", "\\\\").replace('"', '\\"')
-    s = s.replace("\r", "").replace("\n", "\\n")
-    return f'"{s}"'
-
-
-def _lines(*parts: str) -> str:
-    """A multi-line label: each part escaped, joined with DOT's ``\\n``."""
-    s = "\n".join(p for p in parts if p)
-    return q(s)
-
-
-def node_label(n: Node, show_shapes: bool = True) -> tuple[str, ...]:
-    shape = n.outputs[0].short() if show_shapes and n.outputs and n.outputs[0] else ""
-    if n.kind is NodeKind.PARAM:
-        return (n.param, shape)
-    if n.kind is NodeKind.LEAF:
-        return (n.id, shape)
-    if n.kind is NodeKind.OUTPUT:
-        return (f"output {n.param}" if n.param and n.param != "0" else "output", shape)
-    if n.kind is NodeKind.SAVED:
-        nbytes = human_bytes(n.saved[0].nbytes) if n.saved else ""
-        return (f"saved {n.param}", shape, nbytes)
-    if n.kind is NodeKind.MODULE:
-        a = dict(n.attrs)
-        size = a.get("nodes", "?")
-        return (n.module, f"{size} node{'' if size == '1' else 's'}: {a.get('ops', '')}")
-    return (n.op,)
-
-
-def _tooltip(n: Node) -> str:
-    parts = [n.id]
-    if n.module:
-        parts.append(f"module: {n.module}")
-    if n.source:
-        parts.append(f"at {n.source}")
-    for m in n.outputs:
-        if m is not None:
-            parts.append(f"out: {m.short()} {m.dtype}")
-    for s in n.saved:
-        parts.append(f"saved {s.name}: " + ("freed" if s.freed else
-                                            f"{s.meta.short() if s.meta else ''} {human_bytes(s.nbytes)}"))
-    return "\n".join(parts)
+PNG_DPI = 96.0
+PNG_MAX_SIDE = 16_000          # px
+PNG_MAX_PIXELS = 30_000_000    # about 120 MB of RGBA while cairo draws it; ~2-3 s
 
 
 def to_dot(graph: Graph, *, depth: int | None = None, show_shapes: bool = True,
@@ -118,143 +86,10 @@ def to_dot(graph: Graph, *, depth: int | None = None, show_shapes: bool = True,
                 "(focus='<module>' or graph.subgraph(ids)), trace with model= so modules can fold, or pass "
                 "max_nodes=None to wait for it anyway.")
         graph = fold_depth(graph, fit)
-    return _DotWriter(graph, show_shapes, clusters, split_params, split_fanout, set(highlight),
-                      colors or {}, title).write(legend)
+    return DotWriter(graph, show_shapes, clusters, split_params, split_fanout, highlight, colors,
+                     title).write(legend)
 
 
-class _DotWriter:
-    def __init__(self, graph, show_shapes, clusters, split_params, split_fanout, highlight, colors,
-                 title):
-        self.g = graph
-        self.show_shapes = show_shapes
-        self.clusters = clusters
-        self.highlight = highlight
-        self.colors = colors
-        self.title = title
-        uses = Counter(e.src for e in graph.edges)
-        self.split = {n.id for n in graph.nodes if n.kind is NodeKind.PARAM and split_params
-                      and uses[n.id] >= split_params}
-        self.refs = self._fanout_refs(split_fanout, uses)
-        self.out: list[str] = []
-
-    def write(self, legend: bool) -> str:
-        o = self.out
-        o.append("digraph autograd {")
-        attrs = {"rankdir": "TB", "fontname": FONT, "ranksep": "0.3", "nodesep": "0.25",
-                 "newrank": "true"}
-        if len(self.g) > 300:
-            attrs.update(FAST_LAYOUT)
-        if self.title:
-            attrs.update(label=self.title, labelloc="t")
-        o.append("  graph [" + ", ".join(f"{k}={q(v)}" for k, v in attrs.items()) + "]")
-        o.append(f'  node [fontname={q(FONT)}, fontsize="10", height="0.2", margin="0.06,0.03"]')
-        o.append(f'  edge [fontname={q(FONT)}, fontsize="8", arrowsize="0.6", color="#555555"]')
-        self._nodes()
-        self._edges()
-        if legend:
-            self._legend()
-        o.append("}")
-        return "\n".join(o) + "\n"
-
-    def _fanout_refs(self, split_fanout, uses) -> set[tuple[str, str, int]]:
-        """Edges ``(src, dst, input_nr)`` drawn through a reference node instead."""
-        if not split_fanout:
-            return set()
-        heavy = {src for src, k in uses.items() if k >= split_fanout and src not in self.split}
-        if not heavy:
-            return set()
-        seq = {n.id: n.seq for n in self.g.nodes}
-        first: dict[str, tuple[int, str]] = {}
-        for e in self.g.edges:
-            if e.src in heavy:
-                key = (seq.get(e.dst, -1) if seq.get(e.dst, -1) >= 0 else 1 << 60, e.dst)
-                if e.src not in first or key < first[e.src]:
-                    first[e.src] = key
-        return {(e.src, e.dst, e.input_nr) for e in self.g.edges
-                if e.src in heavy and e.dst != first[e.src][1]}
-
-    def _ref_line(self, e, ref_id: str) -> str:
-        src = self.g.node(e.src)
-        where = src.module or src.id
-        return (f"{q(ref_id)} [label={_lines('= ' + node_label(src, False)[0], where)}, shape=\"note\", "
-                f"style=\"dashed\", fontsize=\"8\", color=\"#999999\", "
-                f"tooltip={q('same tensor as ' + e.src)}, id={q('ref:' + ref_id)}]")
-
-    def _node_line(self, n: Node, node_id: str, indent: str) -> str:
-        fill, border, shape, style, _ = KIND_STYLE[n.kind]
-        fill = self.colors.get(n.id, fill)
-        extra = ""
-        if n.id in self.highlight:
-            border, extra = "#d62728", ', penwidth="3"'
-        label = _lines(*node_label(n, self.show_shapes))
-        return (f"{indent}{q(node_id)} [label={label}, shape={shape}, style={q(style)}, "
-                f"fillcolor={q(fill)}, color={q(border)}, tooltip={q(_tooltip(n))}, "
-                f"id={q('node:' + node_id)}{extra}]")
-
-    def _nodes(self) -> None:
-        tree: dict[str, list[str]] = {}
-        for n in self.g.nodes:
-            if n.id in self.split:
-                continue
-            mod = node_module(n) if self.clusters else ""
-            tree.setdefault(mod, []).append(self._node_line(n, n.id, ""))
-        for e in self.g.edges:          # one copy of a split parameter beside each user
-            if e.src in self.split:
-                n, user = self.g.node(e.src), self.g.node(e.dst)
-                mod = user.module if self.clusters else ""
-                tree.setdefault(mod, []).append(self._node_line(n, f"{e.src}@{e.dst}/{e.input_nr}", ""))
-        for e in self.g.edges:          # reference notes for far users of a shared tensor
-            if (e.src, e.dst, e.input_nr) in self.refs:
-                mod = self.g.node(e.dst).module if self.clusters else ""
-                tree.setdefault(mod, []).append(self._ref_line(e, f"{e.src}@{e.dst}/{e.input_nr}"))
-        for mod in sorted(tree, key=lambda m: (m.count("."), m)):   # make parents exist
-            parts = mod.split(".") if mod else []
-            for i in range(1, len(parts)):
-                tree.setdefault(".".join(parts[:i]), [])
-        self._emit_cluster("", tree, 1)
-
-    def _emit_cluster(self, mod: str, tree: dict[str, list[str]], level: int) -> None:
-        pad = "  " * level
-        children = sorted(m for m in tree if m and (m.rpartition(".")[0] == mod) and m != mod)
-        for line in tree.get(mod, []):
-            self.out.append(pad + line)
-        for child in children:
-            self.out.append(f"{pad}subgraph {q('cluster_' + child)} {{")
-            self.out.append(f'{pad}  label={q(child)}; style="rounded,dashed"; '
-                            f'color={q(CLUSTER_BORDER)}; fontsize="9"; tooltip={q(child)}')
-            self._emit_cluster(child, tree, level + 1)
-            self.out.append(pad + "}")
-
-    def _edges(self) -> None:
-        for e in self.g.edges:
-            far = e.src in self.split or (e.src, e.dst, e.input_nr) in self.refs
-            src = f"{e.src}@{e.dst}/{e.input_nr}" if far else e.src
-            attrs = []
-            if self.show_shapes and e.meta is not None and e.input_nr >= 0:
-                attrs.append(f"label={q(' ' + e.meta.short())}")
-            if e.input_nr < 0:
-                attrs.append('style="dashed", arrowhead="none"')
-            self.out.append(f"  {q(src)} -> {q(e.dst)}" + (f" [{', '.join(attrs)}]" if attrs else ""))
-
-    def _legend(self) -> None:
-        o = self.out
-        o.append('  subgraph "cluster_legend" {')
-        o.append('    label="legend"; style="rounded"; color="#bbbbbb"; fontsize="9"; rank="sink"')
-        present = {n.kind for n in self.g.nodes}
-        prev = None
-        for kind, (fill, border, shape, style, text) in KIND_STYLE.items():
-            if kind not in present and kind is not NodeKind.OP:
-                continue
-            lid = f"legend:{kind.value}"
-            o.append(f"    {q(lid)} [label={q(text)}, shape={shape}, style={q(style)}, "
-                     f"fillcolor={q(fill)}, color={q(border)}, fontsize=\"8\"]")
-            if prev:
-                o.append(f'    {q(prev)} -> {q(lid)} [style="invis"]')
-            prev = lid
-        o.append("  }")
-
-
-# -- running graphviz --------------------------------------------------------
 def find_dot() -> tuple[str, str]:
     """``(path, flavour)`` of the Graphviz binary: system ``dot`` first, then graphviz-pure."""
     override = os.environ.get("GVA_DOT")
@@ -276,12 +111,16 @@ def find_dot() -> tuple[str, str]:
                       "`apt-get install graphviz`.")
 
 
-def run_dot(source: str, fmt: str, timeout: float | None = 300) -> bytes:
+def run_dot(source: str, fmt: str, timeout: float | None = 300, args: tuple[str, ...] = ()) -> bytes:
+    """``dot -T<fmt>`` on ``source``; a PNG is sized by :func:`png_dpi` unless ``args`` set it."""
     binary, flavour = find_dot()
     if fmt == "pdf" and flavour == "graphviz-pure":
         return _png_to_pdf(run_dot(source, "png", timeout))
+    if fmt == "png" and flavour == "dot" and not any(a.startswith("-Gdpi") for a in args):
+        width, height = layout_size(source, timeout)
+        args = (*args, f"-Gdpi={png_dpi(width, height):.2f}")
     try:
-        proc = subprocess.run([binary, f"-T{fmt}"], input=source.encode("utf-8"),
+        proc = subprocess.run([binary, f"-T{fmt}", *args], input=source.encode("utf-8"),
                               capture_output=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise RenderError(f"{binary} did not finish laying out the graph in {timeout} s; "
@@ -294,6 +133,44 @@ def run_dot(source: str, fmt: str, timeout: float | None = 300) -> bytes:
         raise RenderError(f"{binary} -T{fmt} failed (exit {proc.returncode}): "
                           f"{proc.stderr.decode(errors='replace').strip()[:500]}")
     return proc.stdout
+
+
+def layout_size(source: str, timeout: float | None = 300) -> tuple[float, float]:
+    """Width and height in inches of the laid-out drawing (``dot -Tplain``)."""
+    first = run_dot(source, "plain", timeout).split(b"\n", 1)[0].split()
+    if len(first) < 4 or first[0] != b"graph":
+        raise RenderError(f"unexpected `dot -Tplain` output: {first!r}")
+    return float(first[2]), float(first[3])
+
+
+def fill_ratio(source: str, timeout: float | None = 300) -> float:
+    """How much of the laid-out canvas the nodes cover (node area / canvas area, legend left
+    out): a thin diagonal staircase of clusters scores under 0.01, a compact drawing 0.05+."""
+    plain = run_dot(source, "plain", timeout).decode("utf-8", errors="replace")
+    area, canvas = 0.0, 0.0
+    for line in plain.splitlines():
+        try:
+            parts = shlex.split(line)
+        except ValueError:
+            continue
+        if not parts:
+            continue
+        if parts[0] == "graph":
+            canvas = float(parts[2]) * float(parts[3])
+        elif parts[0] == "node" and not parts[1].strip('"').startswith("legend:"):
+            area += float(parts[4]) * float(parts[5])
+    return area / canvas if canvas else 0.0
+
+
+def png_dpi(width_in: float, height_in: float) -> float:
+    """The resolution for a PNG of a ``width_in`` x ``height_in`` inch drawing: 96 dpi, less when
+    that passes :data:`PNG_MAX_SIDE` px on a side or :data:`PNG_MAX_PIXELS` in all."""
+    width_in, height_in = width_in + 0.2, height_in + 0.2        # dot's pad around the drawing
+    dpi = PNG_DPI
+    longest = max(width_in, height_in, 1e-6)
+    dpi = min(dpi, 0.99 * PNG_MAX_SIDE / longest)
+    dpi = min(dpi, 0.99 * math.sqrt(PNG_MAX_PIXELS / max(width_in * height_in, 1e-6)))
+    return max(dpi, 1.0)
 
 
 def _png_to_pdf(png: bytes) -> bytes:
@@ -335,3 +212,24 @@ def render(graph: Graph, path, *, timeout: float | None = 300, depth: int | None
 
 def to_svg(graph: Graph, **options) -> str:
     return run_dot(to_dot(graph, **options), "svg").decode("utf-8")
+
+
+def to_graphviz(graph: Graph, *, depth: int | None = None, show_shapes: bool = True,
+                legend: bool = True, clusters: bool = True, split_params: int | None = 3,
+                split_fanout: int | None = 4, max_nodes: int | None = DEFAULT_MAX_NODES,
+                highlight=(), colors=None, title: str = "", focus: str | None = None):
+    """A ``graphviz.Digraph`` holding :func:`to_dot`'s text (same arguments): what torchviz
+    users render, view and show in notebooks (``.render()``, ``.pipe()``, ``.source``).
+
+    Example:
+        >>> from graphviz_autograd.graph.model import Graph
+        >>> to_graphviz(Graph(nodes=(), edges=(), roots=()), legend=False).name
+        'autograd'
+    """
+    import graphviz
+
+    text = to_dot(graph, depth=depth, show_shapes=show_shapes, legend=legend, clusters=clusters,
+                  split_params=split_params, split_fanout=split_fanout, max_nodes=max_nodes,
+                  highlight=highlight, colors=colors, title=title, focus=focus)
+    body = text.rstrip("\n").split("\n")[1:-1]        # between "digraph autograd {" and "}"
+    return graphviz.Digraph(name="autograd", body=[line + "\n" for line in body])

@@ -1,4 +1,12 @@
-"""The visual language shared by the DOT render and the dashboard."""
+"""The visual language shared by the DOT render and the dashboard, and text colours that stay
+readable on any fill (WCAG contrast).
+
+Example:
+    >>> text_color("#3b56a5"), text_color("#f0f0f0")
+    ('#ffffff', '#1a1a1a')
+    >>> round(contrast("#1a1a1a", "#f0f0f0"), 1)
+    15.3
+"""
 from __future__ import annotations
 
 from graphviz_autograd.graph.model import NodeKind
@@ -15,6 +23,8 @@ KIND_STYLE = {
 MODULE_FILL, MODULE_BORDER = KIND_STYLE[NodeKind.MODULE][:2]
 CLUSTER_BORDER = "#9e9ac8"
 FONT = "Helvetica"
+DARK_TEXT, LIGHT_TEXT = "#1a1a1a", "#ffffff"
+AA = 4.5                       # WCAG AA contrast for normal text
 
 
 def human_bytes(n: int) -> str:
@@ -23,3 +33,30 @@ def human_bytes(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"  # pragma: no cover
+
+
+def luminance(color: str) -> float:
+    """WCAG relative luminance of ``#rrggbb``."""
+    c = color.lstrip("#")
+    if len(c) == 3:
+        c = "".join(ch * 2 for ch in c)
+    out = 0.0
+    for weight, part in zip((0.2126, 0.7152, 0.0722), (c[0:2], c[2:4], c[4:6])):
+        s = int(part, 16) / 255
+        out += weight * (s / 12.92 if s <= 0.04045 else ((s + 0.055) / 1.055) ** 2.4)
+    return out
+
+
+def contrast(fg: str, bg: str) -> float:
+    """WCAG contrast ratio of two ``#rrggbb`` colours (1 to 21)."""
+    a, b = sorted((luminance(fg), luminance(bg)), reverse=True)
+    return (a + 0.05) / (b + 0.05)
+
+
+def text_color(fill: str) -> str:
+    """Dark grey, white or black text: the first that reaches 4.5:1 on ``fill`` (one of them
+    always does), else the better of the two."""
+    for candidate in (DARK_TEXT, LIGHT_TEXT, "#000000"):
+        if contrast(candidate, fill) >= AA:
+            return candidate
+    return max((DARK_TEXT, LIGHT_TEXT), key=lambda c: contrast(c, fill))  # pragma: no cover

@@ -246,3 +246,106 @@ def merge_groups(graph: Graph, target: dict[str, str], make_node: Callable[[str]
             edges.setdefault((src, dst), Edge(src, dst, e.output_nr, e.input_nr, e.meta))
     roots = tuple(dict.fromkeys(target.get(r, r) for r in graph.roots))
     return Graph(nodes=tuple(nodes), edges=tuple(edges.values()), roots=roots)
+
+
+# -- folding to a budget, by structure ------------------------------------------------
+def _module_index(graph: Graph):
+    """Per module path: nodes directly in it, its child modules, a structure signature (ops by
+    relative module path, of everything under it) and its first forward position."""
+    direct: dict[str, int] = {}
+    children: dict[str, set[str]] = {}
+    shape: dict[str, Counter] = {}
+    first: dict[str, int] = {}
+    for i, n in enumerate(graph.nodes):
+        if n.kind in (NodeKind.OUTPUT, NodeKind.LEAF):
+            continue
+        own = _own_module(n)
+        if not own:
+            continue
+        direct[own] = direct.get(own, 0) + 1
+        paths = prefixes(own)
+        order = n.seq if n.seq >= 0 else 1 << 40
+        for up, path in zip([""] + paths, paths):
+            children.setdefault(up, set()).add(path)
+            shape.setdefault(path, Counter())[(own[len(path):], n.op, n.kind.value)] += 1
+            first[path] = min(first.get(path, order), order)
+    return direct, children, shape, first
+
+
+def fold_to_fit(graph: Graph, budget: int) -> frozenset[str]:
+    """The module paths to fold so that at most ``budget`` nodes show, folding as little as it can.
+
+    Starts from every top-level module folded and opens modules one at a time, shallow ones
+    first and, at one depth, in forward order, while the count stays within ``budget`` (a
+    module that opens into many loose ops counts one level deeper). A
+    module built like one already opened (repeated blocks: ``layer1.1`` after ``layer1.0``,
+    eleven more encoder layers) stays folded, one node each: the overview shows a block's
+    inside once and how often it repeats. When even the top level is over budget, the top
+    level is returned (the most folding can do).
+
+    Example:
+        >>> from graphviz_autograd.graph.model import Graph, Node, NodeKind
+        >>> nodes = tuple(Node(f"b.{i}/{op}:0", NodeKind.OP, op, module=f"b.{i}", seq=2 * i + k)
+        ...               for i in range(3) for k, op in enumerate(["AddBackward0", "ReluBackward0"]))
+        >>> sorted(fold_to_fit(Graph(nodes=nodes, edges=(), roots=()), 4))
+        ['b.1', 'b.2']
+    """
+    if len(graph) <= budget:
+        return frozenset()
+    direct, children, shape, first = _module_index(graph)
+    outside = sum(1 for n in graph.nodes if n.kind in (NodeKind.OUTPUT, NodeKind.LEAF)
+                  or not _own_module(n))
+    folded = set(children.get("", ()))
+    count = outside + len(folded)
+    opened: set[frozenset] = set()
+    while True:
+        best = None
+        for path in folded:
+            kids = children.get(path, set())
+            grow = direct.get(path, 0) + len(kids) - 1
+            if grow < 0 or count + grow > budget:
+                continue
+            sig = frozenset(shape[path].items())
+            if sig in opened:
+                continue                       # a repeat of an opened block: stays folded
+            # a module that opens into many loose ops (box decoding, losses) waits a level:
+            # modules made of modules show structure for fewer boxes
+            loose = grow > 4 * (len(kids) + 1)
+            key = (path.count(".") + loose, first.get(path, 0), path)
+            if best is None or key < best[0]:
+                best = (key, path, grow, sig)
+        if best is None:
+            return frozenset(folded)
+        _key, path, grow, sig = best
+        folded.discard(path)
+        folded |= children.get(path, set())
+        count += grow
+        opened.add(sig)
+
+
+def describe_folded(graph: Graph, folded) -> list[str]:
+    """Short phrases naming what is folded: runs of siblings as ``layer1.0–1`` (``2 blocks``).
+
+    Example:
+        >>> describe_folded(Graph(nodes=(), edges=(), roots=()), {"a.1", "a.2", "a.3", "b"})
+        ['a.1–3 (3 blocks)', 'b']
+    """
+    by_parent: dict[str, list[str]] = {}
+    for path in sorted(folded):
+        by_parent.setdefault(parent_path(path), []).append(path)
+    out: list[str] = []
+    for up, paths in sorted(by_parent.items()):
+        numbered = sorted((int(p.rpartition(".")[2]), p) for p in paths
+                          if p.rpartition(".")[2].isdigit())
+        rest = [p for p in paths if not p.rpartition(".")[2].isdigit()]
+        run: list[int] = []
+        for k, _p in numbered + [(None, "")]:
+            if run and (k is None or k != run[-1] + 1):
+                head = f"{up}." if up else ""
+                out.append(f"{head}{run[0]}" if len(run) == 1 else
+                           f"{head}{run[0]}–{run[-1]} ({len(run)} blocks)")
+                run = []
+            if k is not None:
+                run.append(k)
+        out.extend(rest)
+    return sorted(out)

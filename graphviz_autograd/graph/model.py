@@ -226,6 +226,19 @@ class Graph:
                       split_params=split_params, split_fanout=split_fanout, max_nodes=max_nodes,
                       highlight=highlight, colors=colors, title=title, focus=focus)
 
+    def to_graphviz(self, *, depth: int | None = None, show_shapes: bool = True,
+                    legend: bool = True, clusters: bool = True, split_params: int | None = 3,
+                    split_fanout: int | None = 4, max_nodes: int | None = 2000, highlight=(),
+                    colors=None, title: str = "", focus: str | None = None):
+        """A ``graphviz.Digraph`` of the DOT text (as torchviz returns): ``.render()``, ``.view()``,
+        inline in notebooks; the arguments are :meth:`to_dot`'s."""
+        from graphviz_autograd.export.dot import to_graphviz
+
+        return to_graphviz(self, depth=depth, show_shapes=show_shapes, legend=legend,
+                           clusters=clusters, split_params=split_params, split_fanout=split_fanout,
+                           max_nodes=max_nodes, highlight=highlight, colors=colors, title=title,
+                           focus=focus)
+
     def render(self, path, *, timeout: float | None = 300, depth: int | None = None,
                show_shapes: bool = True, legend: bool = True, clusters: bool = True,
                split_params: int | None = 3, split_fanout: int | None = 4,
