@@ -178,6 +178,7 @@ def grad_row(t: torch.Tensor) -> Row | None:
     row = Row(GRAD, n)
     if torch._C._current_graph_task_id() != -1:      # autograd is running: reduce now
         t = _prepare(t)
+        row.n = t.numel()               # (a sparse tensor: its stored values)
         with torch.no_grad(), _NoAutocast(t.device.type):
             row.values = _reduce_one(t, _acc(t.device))
         return row
@@ -192,8 +193,7 @@ def grad_row(t: torch.Tensor) -> Row | None:
 
 def act_row(t: torch.Tensor, saturation: str | None) -> Row | None:
     """A pending activation row: sum, L2 norm, non-zeros, saturated count, reduced now."""
-    n = t.numel()
-    if not n:
+    if not t.numel():
         return None
     t = _prepare(t)
     acc = _acc(t.device)
@@ -202,7 +202,7 @@ def act_row(t: torch.Tensor, saturation: str | None) -> Row | None:
                  torch.linalg.vector_norm(t, 0, dtype=acc)]
         if saturation is not None:
             parts.append(saturated(t, saturation, acc))
-        row = Row(ACT, n, saturation is not None)
+        row = Row(ACT, t.numel(), saturation is not None)
         row.values = torch.stack(parts)
     return row
 
@@ -219,7 +219,7 @@ def sq_rows(tensors: list[torch.Tensor]) -> list[Row | None]:
             ts = [t for _, t in members]
             values = torch.stack(torch._foreach_norm(ts, 2, dtype=_acc(dev)))
             for k, (i, t) in enumerate(members):
-                row = rows[i] = Row(SQ, t.numel())
+                row = rows[i] = Row(SQ, t.numel())      # (n unused: a norm)
                 row.values, row.at = values, k
     return rows
 
@@ -244,6 +244,7 @@ def flush() -> None:
             t = _prepare(t)
         except Exception:  # noqa: BLE001 - a tensor this cannot read: no statistic, no error
             continue
+        row.n = t.numel()
         groups.setdefault((t.device, t.dtype), []).append((row, t))
     for (dev, _), members in groups.items():
         ts = [t for _, t in members]
