@@ -144,6 +144,23 @@ def test_half_precision_statistics_match_float64(dtype, case, path):
                                                     abs=0.01 if sampled else 1e-12)
 
 
+@pytest.mark.parametrize("path", ["native", "device"], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_every_16_bit_pattern_is_read_as_its_exact_value(dtype, path):
+    """All 65,536 values (signed zeros, subnormals, normals, Inf, every NaN payload)."""
+    t = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16).view(dtype)
+    f = t.double()
+    finite = t[torch.isfinite(t)]
+    x = finite.double()
+    [row] = stats.read_rows([stats.grad_row(t)])
+    assert row[4:] == [torch.isnan(f).sum().item(), torch.isinf(f).sum().item(), 65536.0]
+    assert math.isnan(row[0]) and math.isnan(row[2])
+    [row] = stats.read_rows([stats.grad_row(finite)])
+    assert row[0] == pytest.approx((x * x).sum().item(), rel=1e-6)
+    assert row[1] == pytest.approx(x.sum().item(), abs=1e-6 * x.abs().sum().item())
+    assert row[2:4] == [x.abs().max().item(), (x != 0).sum().item()]
+
+
 def test_zero_fraction_of_a_large_tensor_is_sampled_within_half_a_percent(path):
     t = _with_zeros((300, 1000))           # 300,000 elements: above EXACT_COUNT_MAX
     [got] = stats.batch_grad_stats([[t]])

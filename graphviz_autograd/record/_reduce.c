@@ -59,16 +59,17 @@ static inline float load_bf16(uint16_t h) {
     return f;
 }
 
-/* IEEE half to float, exact, branch-free (vectorises), and without float subnormals on the
- * way (so a denormals-are-zero mode cannot flush a half subnormal). */
+/* IEEE half to float, exact, branch-free (masks, so it vectorises), and without float
+ * subnormals on the way (so a denormals-are-zero mode cannot flush a half subnormal). */
 static inline float load_f16(uint16_t h) {
     uint32_t em = h & 0x7fffu, sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t normal = (em << 13) + (112u << 23);            /* rebias the exponent: 127 - 15 */
-    uint32_t special = (em << 13) | 0x7f800000u;            /* Inf, NaN (payload kept) */
     float sub = (float)(int32_t)em * 0x1p-24f;              /* zero and subnormals: em * 2^-24 */
-    uint32_t subbits, bits; float f;
+    uint32_t subbits, is_sub = 0u - (uint32_t)(em < 0x400u), is_special = 0u - (uint32_t)(em >= 0x7c00u);
+    float f;
     memcpy(&subbits, &sub, sizeof sub);
-    bits = em < 0x400u ? subbits : (em >= 0x7c00u ? special : normal);
+    /* Inf and NaN: exponent all ones, mantissa (NaN payload) kept */
+    uint32_t bits = (subbits & is_sub) | ((normal | (is_special & 0x7f800000u)) & ~is_sub);
     bits |= sign;
     memcpy(&f, &bits, sizeof f);
     return f;
