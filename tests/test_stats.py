@@ -153,12 +153,12 @@ def test_every_16_bit_pattern_is_read_as_its_exact_value(dtype, path):
     finite = t[torch.isfinite(t)]
     x = finite.double()
     [row] = stats.read_rows([stats.grad_row(t)])
-    assert row[4:] == [torch.isnan(f).sum().item(), torch.isinf(f).sum().item(), 65536.0]
+    assert list(row[4:]) == [torch.isnan(f).sum().item(), torch.isinf(f).sum().item(), 65536.0]
     assert math.isnan(row[0]) and math.isnan(row[2])
     [row] = stats.read_rows([stats.grad_row(finite)])
     assert row[0] == pytest.approx((x * x).sum().item(), rel=1e-6)
     assert row[1] == pytest.approx(x.sum().item(), abs=1e-6 * x.abs().sum().item())
-    assert row[2:4] == [x.abs().max().item(), (x != 0).sum().item()]
+    assert list(row[2:4]) == [x.abs().max().item(), (x != 0).sum().item()]
 
 
 def test_zero_fraction_of_a_large_tensor_is_sampled_within_half_a_percent(path):
