@@ -13,7 +13,8 @@
  * float32 is summed in float within blocks of BLOCK elements (8-wide vectors)
  * and the blocks in double: relative error ~1e-7 against a double sum. float16 and
  * bfloat16 elements are converted exactly to float (bit operations, no tables) and
- * summed like float32 (float16) or in double (bfloat16, whose squares leave float's range).
+ * summed like float32; a bfloat16 block whose squares left float's range is summed again in
+ * double.
  * NaN and Inf are counted in a second pass, only when the sum of squares is not finite.
  */
 #define PY_SSIZE_T_CLEAN
@@ -77,8 +78,8 @@ static inline float load_f16(uint16_t h) {
 
 static inline float load_f32(float v) { return v; }
 
-/* float32 and float16 are summed in float within blocks (float16's range cannot overflow a
- * block: 4096 * 65504^2 < 2^38); bfloat16 in double (its squares span float32's range twice). */
+/* Summed in float within blocks (float16's range cannot overflow a block: 4096 * 65504^2 <
+ * 2^38). bfloat16 has float32's range, so its squares can leave it: see bf16_in_double. */
 #define GRAD_BLOCKED(NAME, T, LOAD, ACC)                                                    \
 VECTOR_CLONES                                                                               \
 static grad_t NAME(const T *x, Py_ssize_t n) {                                              \
@@ -100,7 +101,15 @@ static grad_t NAME(const T *x, Py_ssize_t n) {                                  
 
 GRAD_BLOCKED(grad_f32, float, load_f32, float)
 GRAD_BLOCKED(grad_f16, uint16_t, load_f16, float)
-GRAD_BLOCKED(grad_bf16, uint16_t, load_bf16, double)
+GRAD_BLOCKED(grad_bf16, uint16_t, load_bf16, float)
+GRAD_BLOCKED(grad_bf16_double, uint16_t, load_bf16, double)
+
+/* Whether a bfloat16 pass summed in float must be redone in double: a sum or sum of squares
+ * that overflowed float (|x| > ~1.8e19), or squares so small that some fell below float's
+ * normal range (each lost square is < 2^-126, n of them < 2^-24 of a sum >= n * 2^-102). */
+static int bf16_in_double(double ss, double s, int nonzero, Py_ssize_t n) {
+    return !isfinite(ss) || !isfinite(s) || (nonzero && ss < (double)n * 0x1p-102);
+}
 
 VECTOR_CLONES
 static grad_t grad_f64(const double *x, Py_ssize_t n) {
@@ -170,7 +179,8 @@ static act_t NAME(const T *x, Py_ssize_t n, int kind) {                         
 
 ACT_BLOCKED(act_f32, float, load_f32, float)
 ACT_BLOCKED(act_f16, uint16_t, load_f16, float)
-ACT_BLOCKED(act_bf16, uint16_t, load_bf16, double)
+ACT_BLOCKED(act_bf16, uint16_t, load_bf16, float)
+ACT_BLOCKED(act_bf16_double, uint16_t, load_bf16, double)
 
 /* ||a - b||^2 and ||b||^2 in one pass. */
 #define DIFF_BLOCKED(NAME, T, LOAD, ACC)                                                    \
@@ -228,7 +238,11 @@ static grad_t grad_any(const void *p, Py_ssize_t n, int code) {
     switch (code) {
     case DT_F64: return grad_f64((const double *)p, n);
     case DT_F16: return grad_f16((const uint16_t *)p, n);
-    case DT_BF16: return grad_bf16((const uint16_t *)p, n);
+    case DT_BF16: {
+        grad_t r = grad_bf16((const uint16_t *)p, n);
+        if (bf16_in_double(r.ss, r.s, r.lo != 0 || r.hi != 0, n)) r = grad_bf16_double((const uint16_t *)p, n);
+        return r;
+    }
     default: return grad_f32((const float *)p, n);
     }
 }
@@ -257,7 +271,11 @@ static act_t act_any(const void *p, Py_ssize_t n, Py_ssize_t stride, int code, i
         switch (code) {
         case DT_F32: return act_f32((const float *)p, n, kind);
         case DT_F16: return act_f16((const uint16_t *)p, n, kind);
-        case DT_BF16: return act_bf16((const uint16_t *)p, n, kind);
+        case DT_BF16: {
+            act_t r = act_bf16((const uint16_t *)p, n, kind);
+            if (bf16_in_double(r.ss, r.s, r.nz > 0, n)) r = act_bf16_double((const uint16_t *)p, n, kind);
+            return r;
+        }
         default: break;
         }
     }

@@ -29,6 +29,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import weakref
@@ -37,8 +38,7 @@ import torch
 
 FORCE = False       # also take this path for CPU tensors (stats.force_device_path)
 MAX_QUEUED = 1024   # deferred gradients reduced together at most
-GRAD, ACT, SQ = 0, 1, 2
-_WIDTH = {GRAD: 6, ACT: 4, SQ: 1}      # numbers per row on the device
+GRAD, ACT, SQ = 0, 1, 2    # a row's kind: 6, 4 (3 without saturation) or 1 numbers on the device
 
 _lock = threading.Lock()
 _queue: list = []   # weak references to deferred gradient rows
@@ -49,7 +49,7 @@ class Row:
     """Statistics of one tensor, pending on its device until :func:`read`.
 
     ``values`` is a 1-d tensor on the device (shared by a batch); this row's numbers are
-    ``values[at + k * stride]`` for ``k < width``. ``sat`` says whether an activation's
+    ``values[at + k * stride]``. ``sat`` says whether an activation's
     saturated count applies; ``tensor`` is held only while the row waits in the queue.
     """
 
@@ -96,23 +96,13 @@ def _prepare(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-class _NoAutocast:
+def _no_autocast(device_type: str):
     """Autocast off for ``device_type`` while reducing (it would copy inputs to float32)."""
-
-    def __init__(self, device_type: str):
-        try:
-            on = torch.is_autocast_enabled(device_type)
-        except RuntimeError:            # a device type autocast does not know
-            on = False
-        self.ctx = torch.autocast(device_type, enabled=False) if on else None
-
-    def __enter__(self):
-        if self.ctx is not None:
-            self.ctx.__enter__()
-
-    def __exit__(self, *exc):
-        if self.ctx is not None:
-            self.ctx.__exit__(*exc)
+    try:
+        on = torch.is_autocast_enabled(device_type)
+    except RuntimeError:            # a device type autocast does not know
+        on = False
+    return torch.autocast(device_type, enabled=False) if on else contextlib.nullcontext()
 
 
 # -- reductions (device ops only: nothing here waits for the device) ----------------------
@@ -179,7 +169,7 @@ def grad_row(t: torch.Tensor) -> Row | None:
     if torch._C._current_graph_task_id() != -1:      # autograd is running: reduce now
         t = _prepare(t)
         row.n = t.numel()               # (a sparse tensor: its stored values)
-        with torch.no_grad(), _NoAutocast(t.device.type):
+        with torch.no_grad(), _no_autocast(t.device.type):
             row.values = _reduce_one(t, _acc(t.device))
         return row
     row.tensor = t
@@ -197,7 +187,7 @@ def act_row(t: torch.Tensor, saturation: str | None) -> Row | None:
         return None
     t = _prepare(t)
     acc = _acc(t.device)
-    with torch.no_grad(), _NoAutocast(t.device.type):
+    with torch.no_grad(), _no_autocast(t.device.type):
         parts = [t.sum(dtype=acc), torch.linalg.vector_norm(t, 2, dtype=acc),
                  torch.linalg.vector_norm(t, 0, dtype=acc)]
         if saturation is not None:
@@ -249,7 +239,7 @@ def flush() -> None:
     for (dev, _), members in groups.items():
         ts = [t for _, t in members]
         try:
-            with torch.no_grad(), _NoAutocast(dev.type):
+            with torch.no_grad(), _no_autocast(dev.type):
                 values = _reduce_many(ts, _acc(dev))
         except Exception:  # noqa: BLE001 - e.g. an op the backend lacks: no statistic for these
             continue
