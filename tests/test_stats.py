@@ -350,3 +350,16 @@ def test_a_gradient_handed_on_in_backward_is_read_once_and_a_changed_one_again(p
     t_node.next_functions[0][0].register_prehook(lambda g: rows.append(stats.grad_row(g[0])))
     y.float().pow(2).sum().backward()
     assert len(calls) == 3 and rows[3][0] == pytest.approx(4 * rows[2][0], rel=1e-6)
+
+
+@pytest.mark.parametrize("path", ["native"], indirect=True)
+def test_a_tensor_whose_storage_shrank_is_never_read_natively(path):
+    t = torch.randn(64, 64)
+    fresh = torch.randn(4, 4)
+    assert stats._block(t) is not None and stats._block(fresh[1:]) is not None
+    t.untyped_storage().resize_(64 * 8 * 4)        # now holds 8 of its 64 rows
+    assert stats._block(t) is None and stats._block(t[:8]) is not None
+    [got] = stats.batch_grad_stats([[t[:8]]])
+    assert got["grad_norm"] == pytest.approx(t[:8].double().norm().item(), rel=1e-6)
+    t.untyped_storage().resize_(0)
+    assert stats._block(t) is None

@@ -57,14 +57,18 @@ def block(t: torch.Tensor):
 
     Called for every gradient of a recorded step, so it uses the cheapest checks
     (``is_cpu`` costs 60 ns, ``device.type`` 650 ns). Plain tensor types only (a wrapper
-    subclass's address is not its data), never the negative bit, never a freed storage.
+    subclass's address is not its data), never the negative bit, never past the end of its
+    storage (freed or shrunk, as FSDP does to unsharded parameters).
     """
     code = DTYPE_CODES.get(t.dtype)
     if (code is None or not t.is_cpu or t.layout is not _STRIDED or type(t) not in PLAIN_TYPES
             or t.is_neg() or device.FORCE or not (t.is_contiguous() or one_block(t))):
         return None
     address = t.data_ptr()      # 0 for tensors whose storage was freed
-    return (address, t.numel(), code) if address else None
+    n = t.numel()
+    if not address or t.untyped_storage().nbytes() < (t.storage_offset() + n) * t.element_size():
+        return None             # (a storage shrunk under the tensor: never read past its end)
+    return (address, n, code)
 
 
 def fits_storage(t: torch.Tensor) -> bool:
