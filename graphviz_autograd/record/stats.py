@@ -33,7 +33,6 @@ Example:
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import math
 
@@ -127,30 +126,13 @@ def grad_row(t: torch.Tensor | None):
     if NATIVE is not None:
         blk = block(t)
         if blk is not None:
-            return _native_grad_row(t, blk) if blk[1] else None
+            return NATIVE.grad(*blk) if blk[1] else None
     if not t.numel():
         return None
     a = as_numpy(t)
     if a is not None:
         return np_grad_row(a)
     return _torch_grad_row(t)
-
-
-# The last gradients read natively in backward, held (so their memory cannot be reused) with
-# their version: a backward formula often hands the next node the same memory (TBackward's
-# input, transposed, is ToCopyBackward's under autocast), whose row is then not read twice.
-_RECENT: collections.deque = collections.deque(maxlen=4)
-
-
-def _native_grad_row(t: torch.Tensor, blk: tuple) -> tuple:
-    if torch._C._current_graph_task_id() == -1:     # outside backward (parameter gradients)
-        return NATIVE.grad(*blk)
-    for held, held_blk, version, row in _RECENT:
-        if held_blk == blk and held._version == version:    # the same elements, unchanged
-            return row
-    row = NATIVE.grad(*blk)
-    _RECENT.append((t, blk, t._version, row))
-    return row
 
 
 def _subclass_row(row_of, t, *args):
@@ -227,7 +209,6 @@ def read_rows(rows: list) -> list:
     """``rows`` with every pending row turned into floats: one copy to the host per device
     for the whole list (and for the values :func:`sq_norms` and :class:`UpdateNorms` left
     pending), the only point where statistics wait for an accelerator."""
-    _RECENT.clear()                     # the step's gradients may be freed now
     pending = [i for i, r in enumerate(rows) if isinstance(r, (torch.Tensor, device.Row))]
     values = device.read([rows[i] for i in pending])
     if not pending:
