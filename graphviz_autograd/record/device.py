@@ -250,6 +250,8 @@ def flush() -> None:
 def read(items: list) -> list:
     """Host values of ``items`` (:class:`Row` objects or 1-d tensors of the torch path), and
     of every pending :func:`fill_later`, with one copy to the host per device."""
+    if not items and not _queue and not _fills:        # a CPU step: nothing pending
+        return []
     flush()
     with _lock:
         fills = list(_fills)
