@@ -5,27 +5,25 @@ as soon as it is seen, so the tensor itself can be freed. On a small model the
 number of calls is the cost, not the data, so each tensor is read in as few as
 possible:
 
-- CPU float32/float64 tensors whose elements fill one block of memory are read
-  once by the C extension ``_reduce`` (built with the package when a C compiler
+- CPU float32/float64/float16/bfloat16 tensors whose elements fill one block of memory are
+  read once by the C extension ``_reduce`` (built with the package when a C compiler
   is there; a run's metadata says ``"stats": "native"`` or ``"numpy"``): one call of ~1 µs
-  plus ~0.15 ns per element with AVX2, all statistics exact. On LeNet-5's
-  gradients that is 10-40x fewer microseconds than NumPy.
-- Without the extension, CPU tensors up to 2^20 elements are reduced with NumPy
-  on a zero-copy view (4-5 calls of ~1-2 µs; a torch op costs 5-10 µs, more when
-  it wakes torch's thread pool). Dot products go through BLAS only up to 10,000
-  elements, where OpenBLAS stays on the calling thread; above that ``einsum``
-  does, so NumPy never starts threads that compete with torch's. Above 65,536
-  elements gradient zero counts and activation statistics are estimated from an
-  even sample (errors ~0.4%).
-- Bigger tensors, other dtypes and other devices are reduced with torch ops
-  into a small float64 tensor; :func:`read_rows` reads all of those back with
-  one ``tolist()`` (one device sync per step).
+  plus ~0.15 ns per element with AVX2, all statistics exact (16-bit elements are converted
+  exactly and summed in float, bfloat16 in double). On LeNet-5's gradients that is 10-40x
+  fewer microseconds than NumPy.
+- Without the extension, CPU float32/float64 tensors up to 2^20 elements are reduced with
+  NumPy on a zero-copy view (``host.py``: 4-5 calls of ~1-2 µs; a torch op costs 5-10 µs).
+- Tensors on an accelerator stay there (``device.py``): batched device ops, no host
+  synchronisation until :func:`read_rows`, which copies every pending number of a step to
+  the host at once (one transfer per device). :func:`force_device_path` runs that path on
+  CPU tensors (tests).
+- Anything else on the CPU (bigger tensors, other dtypes, non-block views) is reduced with
+  torch ops into a small float64 tensor, read back by :func:`read_rows` too.
 
 Activation statistics (mean, std, zero and saturated fractions: population
 statistics) come from an even sample above :data:`ACT_EXACT_MAX` elements with
 the extension. Gradient norms, sums and |max| are always exact. NaN/Inf are
-counted where the norm is not finite (always on accelerators, to avoid a sync
-per tensor).
+counted where the norm is not finite (always on accelerators, without a branch).
 
 Example:
     >>> import torch
@@ -35,12 +33,17 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
 import torch
 
 from graphviz_autograd.live.tensors import PLAIN_TYPES, plain
+from graphviz_autograd.record import device
+from graphviz_autograd.record.host import (EXACT_COUNT_MAX, NUMPY_MAX, as_numpy, block,  # noqa: F401
+                                           fits_storage, np_act_row, np_grad_row, np_ss,
+                                           sample_stride)
 
 try:
     from . import _reduce as NATIVE
@@ -52,11 +55,29 @@ GRAD_STATS = ("grad_norm", "grad_mean", "grad_std", "grad_absmax", "grad_zero_fr
 ACT_STATS = ("act_mean", "act_std", "act_zero_frac", "act_sat_frac")
 # A gradient row: sum of squares, sum, |max|, non-zeros, NaNs, Infs, numel.
 # An activation row: sum, sum of squares, non-zeros, saturated (-1: not applicable), numel.
-_BLAS_MAX = 10_000         # OpenBLAS uses threads above this; einsum stays on this thread (bench_recorder.py: +0.3 ms on the next step after a threaded np.dot)
-EXACT_COUNT_MAX = 65_536   # without the extension, zero fractions are sampled above this
-ACT_EXACT_MAX = 1 << 22    # with it, activations are sampled (2^20 elements) above this
+ACT_EXACT_MAX = 1 << 22    # with the extension, activations are sampled (2^20 elements) above this
 _SAT_CODES = {None: 0, "tanh": 1, "sigmoid": 2}
-_NUMPY_DTYPES = (torch.float32, torch.float64)
+_EXACT_DTYPES = (torch.float32, torch.float64)
+_block, _as_numpy = block, as_numpy         # the names the tests and older callers use
+
+
+@contextlib.contextmanager
+def force_device_path(on: bool = True):
+    """Compute statistics of CPU tensors as on an accelerator while inside (device ops and
+    one explicit copy to the host per :func:`read_rows`), to test that path without a GPU.
+
+    Example:
+        >>> with force_device_path():
+        ...     [s] = batch_grad_stats([[torch.tensor([3.0, 0.0, -4.0])]])
+        >>> s["grad_norm"]
+        5.0
+    """
+    before = device.FORCE
+    device.FORCE = on
+    try:
+        yield
+    finally:
+        device.FORCE = before
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -70,15 +91,6 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1)
 
 
-def _sample_stride(n: int, size: int = EXACT_COUNT_MAX) -> int:
-    """Stride of an even sample of about ``size`` of ``n`` elements: coprime with ``n``
-    (so it does not line up with the tensor's dimensions); errors ~0.4% at 65,536."""
-    stride = max(n // size, 1) | 1
-    while stride > 1 and math.gcd(stride, n) != 1:
-        stride += 2
-    return stride
-
-
 def nonzero_count(f: torch.Tensor) -> torch.Tensor:
     """Non-zero elements of flat ``f`` as a float64 0-d tensor (sampled above 65,536 elements).
 
@@ -88,105 +100,20 @@ def nonzero_count(f: torch.Tensor) -> torch.Tensor:
     n = f.numel()
     if n <= EXACT_COUNT_MAX:
         return (f != 0).sum().double()
-    sample = f[::_sample_stride(n)]
+    sample = f[::sample_stride(n)]
     return (sample != 0).sum().double() * (n / sample.numel())
 
 
-_ONES: dict = {}            # a ones vector per dtype: np.dot(a, ones) sums on BLAS (bench_recorder.py lenet, NumPy path)
-
-
-def _ones(dtype, n: int) -> np.ndarray:
-    ones = _ONES.get(dtype)
-    if ones is None or ones.size < n:
-        ones = _ONES[dtype] = np.ones(max(n, _BLAS_MAX), dtype)
-    return ones[:n]
-
-
-def _one_block(t: torch.Tensor) -> bool:
-    """Whether ``t``'s elements fill one block of memory from its first address (some order)."""
-    expected = 1
-    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
-_F32, _F64, _STRIDED = torch.float32, torch.float64, torch.strided
-
-
-def _block(t: torch.Tensor):
-    """``(address, numel, is_float64)`` of a CPU float32/float64 tensor whose elements fill one
-    block of memory from its first address (in some order), for :data:`NATIVE`; else None.
-
-    Called for every gradient of a recorded step, so it uses the cheapest checks
-    (``is_cpu`` costs 60 ns, ``device.type`` 650 ns).
-    """
-    dtype = t.dtype
-    if ((dtype is not _F32 and dtype is not _F64) or not t.is_cpu or t.layout is not _STRIDED
-            or type(t) not in PLAIN_TYPES or t.is_neg() or not (t.is_contiguous() or _one_block(t))):
-        return None
-    address = t.data_ptr()      # 0 for tensors whose storage was freed
-    return (address, t.numel(), dtype is _F64) if address else None
-
-
-def _fits_storage(t: torch.Tensor) -> bool:
-    """Whether ``t``'s elements lie inside its storage (a parameter whose storage was freed or
-    shrunk, as FSDP does to unsharded parameters, must never be read)."""
-    try:
-        end = (t.storage_offset() + t.numel()) * t.element_size()
-        return t.untyped_storage().nbytes() >= end
-    except (RuntimeError, NotImplementedError):
-        return False
-
-
-def _native_act_row(block, saturation: str | None) -> tuple:
-    address, n, is_double = block
-    stride = 1 if n <= ACT_EXACT_MAX else _sample_stride(n, 1 << 20)
-    return NATIVE.act(address, n, stride, is_double, _SAT_CODES[saturation])
-
-
-NUMPY_MAX = 1 << 20         # above this many elements torch's multi-threaded reductions win (bench_recorder.py resnet18)
-
-
-def _as_numpy(t: torch.Tensor) -> np.ndarray | None:
-    """A flat zero-copy NumPy view of a dense CPU float tensor; None when there is none
-    (or when it is big enough for torch's thread pool to beat a NumPy pass)."""
-    if (t.device.type != "cpu" or t.dtype not in _NUMPY_DTYPES or t.layout is not torch.strided
-            or t.numel() > NUMPY_MAX or type(t) not in PLAIN_TYPES):
-        return None
-    t = t.detach()
-    if not t.is_contiguous() and _one_block(t):
-        # e.g. a transposed gradient: the same elements lie in one block, in another order,
-        # and every statistic here ignores order; read the block instead of copying
-        t = t.as_strided((t.numel(),), (1,))
-    try:
-        return t.numpy().reshape(-1)
-    except (RuntimeError, TypeError):   # e.g. a tensor with the negative or conjugate bit set
-        return None
-
-
-def _np_ss(a: np.ndarray) -> float:
-    """Sum of squares of flat ``a``, without waking OpenBLAS threads."""
-    return float(np.dot(a, a) if a.size <= _BLAS_MAX else np.einsum("i,i->", a, a))
-
-
-def _np_nonzero(a: np.ndarray) -> float:
-    if a.size <= EXACT_COUNT_MAX:
-        return float(np.count_nonzero(a))
-    sample = a[::_sample_stride(a.size)]
-    return np.count_nonzero(sample) * (a.size / sample.size)
-
-
-def _np_sums(a: np.ndarray) -> tuple[float, float]:
-    """Sum of squares and sum of flat ``a``."""
-    total = np.dot(a, _ones(a.dtype, a.size)) if a.size <= _BLAS_MAX else np.einsum("i->", a)
-    return _np_ss(a), float(total)
+def _native_act_row(blk, saturation: str | None) -> tuple:
+    address, n, code = blk
+    stride = 1 if n <= ACT_EXACT_MAX else sample_stride(n, 1 << 20)
+    return NATIVE.act(address, n, stride, code, _SAT_CODES[saturation])
 
 
 def grad_row(t: torch.Tensor | None):
-    """The reductions of one gradient: a list of floats, a pending float64 tensor, or None if
-    empty or unreadable. A DTensor gives its local shard's row (the caller combines shards)."""
+    """The reductions of one gradient: a list of floats, a pending row (a float64 tensor or a
+    device row), or None if empty or unreadable. A DTensor gives its local shard's row (the
+    caller combines shards)."""
     if t is None:
         return None
     if type(t) not in PLAIN_TYPES:      # never hand a wrapper subclass's "address" to C
@@ -194,21 +121,17 @@ def grad_row(t: torch.Tensor | None):
         if local is None:
             return _subclass_row(_torch_grad_row, t)
         t = local
+    if not t.is_cpu or device.FORCE:
+        return device.grad_row(t)
     if NATIVE is not None:
-        block = _block(t)
-        if block is not None:
-            return NATIVE.grad(*block) if block[1] else None
+        blk = block(t)
+        if blk is not None:
+            return NATIVE.grad(*blk) if blk[1] else None
     if not t.numel():
         return None
-    a = _as_numpy(t)
+    a = as_numpy(t)
     if a is not None:
-        ss, total = _np_sums(a)
-        lo, hi = float(a.min()), float(a.max())
-        nan = inf = 0.0
-        if not math.isfinite(ss):
-            nan, inf = float(np.isnan(a).sum()), float(np.isinf(a).sum())
-        return [ss, total, math.nan if lo != lo or hi != hi else max(-lo, hi),
-                _np_nonzero(a), nan, inf, float(a.size)]
+        return np_grad_row(a)
     return _torch_grad_row(t)
 
 
@@ -226,15 +149,16 @@ def _subclass_row(row_of, t, *args):
 def _torch_grad_row(t: torch.Tensor):
     f = _flat(t)
     with torch.no_grad():
-        d = f if f.dtype in _NUMPY_DTYPES else f.double()
+        d = f if f.dtype in _EXACT_DTYPES else f.double()
         ss = torch.dot(d, d).double()
         lo, hi = torch.aminmax(f)
-        if f.device.type == "cpu" and math.isfinite(float(ss)):
+        if f.device.type == "cpu" and math.isfinite(float(ss)):     # a CPU number: no sync
             counts = (ss.new_zeros(()), ss.new_zeros(()))
         else:
             counts = (torch.isnan(f).sum().double(), torch.isinf(f).sum().double())
         return torch.stack([ss, d.sum().double(), torch.maximum(-lo, hi).double(), nonzero_count(f),
-                            *counts, ss.new_tensor(float(f.numel()))])
+                            *counts, torch.full((), float(f.numel()), dtype=torch.float64,
+                                                device=f.device)])
 
 
 def act_row(t: torch.Tensor, saturation: str | None):
@@ -247,27 +171,17 @@ def act_row(t: torch.Tensor, saturation: str | None):
         if local is None:
             return _subclass_row(_torch_act_row, t, saturation)
         t = local
+    if not t.is_cpu or device.FORCE:
+        return device.act_row(t, saturation)
     if not t.numel():
         return None
     if NATIVE is not None:
-        block = _block(t)
-        if block is not None:
-            return _native_act_row(block, saturation)
-    n = t.numel()
-    a = _as_numpy(t)
+        blk = block(t)
+        if blk is not None:
+            return _native_act_row(blk, saturation)
+    a = as_numpy(t)
     if a is not None:
-        if n > EXACT_COUNT_MAX:         # population statistics: an even sample estimates them
-            a = a[::_sample_stride(n)]
-        scale = n / a.size
-        if saturation == "tanh":
-            sat = float(np.count_nonzero(np.abs(a) > 0.99))
-        elif saturation == "sigmoid":
-            sat = float(np.count_nonzero((a < 0.01) | (a > 0.99)))
-        else:
-            sat = -1.0
-        ss, total = _np_sums(a)
-        return [total * scale, ss * scale, float(np.count_nonzero(a)) * scale,
-                sat * scale if sat >= 0 else -1.0, float(n)]
+        return np_act_row(a, saturation)
     return _torch_act_row(t, saturation)
 
 
@@ -275,36 +189,33 @@ def _torch_act_row(t: torch.Tensor, saturation: str | None):
     n = t.numel()
     f = _flat(t)
     if n > EXACT_COUNT_MAX:
-        f = f[::_sample_stride(n)]
+        f = f[::sample_stride(n)]
     with torch.no_grad():
-        if saturation == "tanh":
-            sat = (f.abs() > 0.99).sum().double()
-        elif saturation == "sigmoid":
-            sat = ((f < 0.01) | (f > 0.99)).sum().double()
+        if saturation is not None:      # 16-bit values compared as the C extension does
+            sat = device.saturated(f, saturation, torch.float64)
         else:
-            sat = torch.tensor(-1.0, dtype=torch.float64, device=f.device)
-        d = f if f.dtype in _NUMPY_DTYPES else f.double()
+            sat = torch.full((), -1.0, dtype=torch.float64, device=f.device)
+        d = f if f.dtype in _EXACT_DTYPES else f.double()
         scale = n / f.numel()
         row = torch.stack([d.sum().double(), torch.dot(d, d).double(), (f != 0).sum().double(), sat])
-        return torch.cat([row * torch.tensor([scale, scale, scale, scale if saturation else 1.0],
-                                             dtype=torch.float64, device=row.device),
-                          row.new_tensor([float(n)])])
+        if saturation is not None:
+            row = row * scale
+        else:
+            row = torch.cat([row[:3] * scale, row[3:]])
+        return torch.cat([row, torch.full((1,), float(n), dtype=torch.float64, device=row.device)])
 
 
 def read_rows(rows: list) -> list:
-    """``rows`` with every pending tensor row turned into floats, with one ``tolist()``."""
-    pending = [i for i, r in enumerate(rows) if isinstance(r, torch.Tensor)]
+    """``rows`` with every pending row turned into floats: one copy to the host per device
+    for the whole list (and for the values :func:`sq_norms` and :class:`UpdateNorms` left
+    pending), the only point where statistics wait for an accelerator."""
+    pending = [i for i, r in enumerate(rows) if isinstance(r, (torch.Tensor, device.Row))]
+    values = device.read([rows[i] for i in pending])
     if not pending:
         return rows
     out = list(rows)
-    by_device: dict = {}
-    for i in pending:
-        by_device.setdefault(rows[i].device, []).append(i)
-    for idx in by_device.values():           # one sync per device
-        values, k = torch.cat([rows[i] for i in idx]).tolist(), 0
-        for i in idx:
-            n = rows[i].numel()
-            out[i], k = values[k:k + n], k + n
+    for i, v in zip(pending, values):
+        out[i] = v
     return out
 
 
@@ -379,34 +290,50 @@ def batch_grad_stats(groups: list[list[torch.Tensor]]) -> list[dict[str, float] 
     return out
 
 
-def sq_norms(tensors: list[torch.Tensor], views: TensorViews | None = None) -> list[float]:
-    """Squared L2 norms of many tensors (NumPy on the CPU, one sync otherwise).
+def sq_norms(tensors: list[torch.Tensor], views: TensorViews | None = None, *,
+             pending: bool = False) -> list[float]:
+    """Squared L2 norms of many tensors: natively or with NumPy on the CPU, batched on a device.
 
-    ``views``: the :class:`TensorViews` of ``tensors`` when there is one (cached views).
+    Device norms are read back here with one transfer per device, or, with ``pending=True``,
+    left as NaN placeholders that the next :func:`read_rows` fills in place (so they share
+    that step's one transfer). ``views``: the :class:`TensorViews` of ``tensors`` when there
+    is one (cached views).
     """
-    out: list[float | None] = []
-    slow = []
+    out: list = []
+    slow, on_device = [], []
     flat = views.get() if views is not None else None
     blocks = views.blocks if views is not None else None
     for i, t in enumerate(tensors):
         if blocks is not None:
-            block = blocks[i]
+            blk = blocks[i]
         else:
-            block = _block(t) if NATIVE is not None else None
-        if block is not None:
-            out.append(NATIVE.grad(*block)[0])
+            blk = block(t) if NATIVE is not None else None
+        if blk is not None:
+            out.append(NATIVE.grad(*blk)[0])
             continue
-        a = flat[i] if flat is not None else _as_numpy(t)
+        if device.wanted(t):
+            on_device.append(i)
+            out.append(math.nan)
+            continue
+        a = flat[i] if flat is not None else as_numpy(t)
         if a is None:
             slow.append(i)
             out.append(None)
         else:
-            out.append(_np_ss(a))
-    if slow:
+            out.append(np_ss(a))
+    if slow:                            # CPU tensors: reading them back waits for nothing
         with torch.no_grad():
-            norms = torch.stack([n.double().cpu() for n in torch._foreach_norm([tensors[i].detach() for i in slow])])
+            norms = torch.stack([n.double() for n in torch._foreach_norm([tensors[i].detach() for i in slow])])
         for i, v in zip(slow, norms.tolist()):
             out[i] = v * v
+    if on_device:
+        rows = device.sq_rows([tensors[i] for i in on_device])
+        if pending:
+            for i, row in zip(on_device, rows):
+                device.fill_later(out, i, row)
+        else:
+            for i, v in zip(on_device, read_rows(rows)):
+                out[i] = v
     return out
 
 
@@ -421,18 +348,19 @@ class TensorViews:      # views built once, not per step (bench_recorder.py lene
         self.tensors = tensors
         self.generation = 0
         self._ptrs: list[tuple] | None = None
+        self._forced = device.FORCE
         self._views: list = []
         self.blocks: list = []
 
     def get(self) -> list:
         # address, size, dtype and device: a native block must never outgrow its memory
         ptrs = [(t.data_ptr(), t.numel(), t.dtype, t.is_cpu) for t in self.tensors]
-        if ptrs != self._ptrs:
-            fits = [_fits_storage(t) for t in self.tensors]
-            self._views = [_as_numpy(t) if ok else None for t, ok in zip(self.tensors, fits)]
-            self.blocks = [_block(t) if NATIVE is not None and ok else None
+        if ptrs != self._ptrs or self._forced != device.FORCE:
+            fits = [fits_storage(t) for t in self.tensors]
+            self._views = [as_numpy(t) if ok else None for t, ok in zip(self.tensors, fits)]
+            self.blocks = [block(t) if NATIVE is not None and ok else None
                            for t, ok in zip(self.tensors, fits)]
-            self._ptrs = ptrs
+            self._ptrs, self._forced = ptrs, device.FORCE
             self.generation += 1
         return self._views
 
@@ -442,6 +370,8 @@ class UpdateNorms:
     ``||w_after||^2`` found on the way (:attr:`after_sq`).
 
     One buffer, allocated once with the parameters' memory layout, holds them before the step.
+    On a device both are computed there and left pending (NaN) until the next
+    :func:`read_rows` fills the returned list and :attr:`after_sq` in place.
     """
 
     def __init__(self, params: list[torch.Tensor]):
@@ -449,7 +379,7 @@ class UpdateNorms:
         self.after_sq: list[float] | None = None
         self._buf: list[torch.Tensor] = []
         self._buf_np: list = []
-        self._pairs: list = []      # (buffer address, parameter address, numel, is_float64) or None
+        self._pairs: list = []      # (buffer address, parameter address, numel, dtype code) or None
         self._native: list = []     # the pairs that are not None, for one native call
         self._generation = -1
 
@@ -458,9 +388,9 @@ class UpdateNorms:
         if self._generation != self.params.generation:
             with torch.no_grad():
                 self._buf = [p.detach().clone() for p in params]    # same strides: copies are block copies
-            self._buf_np = [_as_numpy(b) for b in self._buf]
-            self._pairs = [(b.data_ptr(), *block) if block is not None and b.stride() == p.stride()
-                           else None for b, p, block in zip(self._buf, params, self.params.blocks)]
+            self._buf_np = [as_numpy(b) for b in self._buf]
+            self._pairs = [(b.data_ptr(), *blk) if blk is not None and b.stride() == p.stride()
+                           else None for b, p, blk in zip(self._buf, params, self.params.blocks)]
             self._native = [pair for pair in self._pairs if pair is not None]
             self._generation = self.params.generation
             return
@@ -494,14 +424,23 @@ class UpdateNorms:
                 out[i], after_sq[i] = next(native)      # one pass, nothing written
             elif bn is not None and pn is not None:
                 np.subtract(bn, pn, out=bn)
-                out[i] = _np_ss(bn)
+                out[i] = np_ss(bn)
             else:
                 rest.append(i)
         if rest:
             with torch.no_grad():
                 torch._foreach_sub_([self._buf[i] for i in rest], [params[i].detach() for i in rest])
-            for i, v in zip(rest, sq_norms([self._buf[i] for i in rest])):
+            on_host = [i for i in rest if not device.wanted(params[i])]
+            for i, v in zip(on_host, sq_norms([self._buf[i] for i in on_host])):
                 out[i] = v
+            on_device = [i for i in rest if device.wanted(params[i])]
+            if on_device:                   # filled in place by the step's read_rows
+                diffs = device.sq_rows([self._buf[i] for i in on_device])
+                norms = device.sq_rows([params[i] for i in on_device])
+                for i, diff, norm in zip(on_device, diffs, norms):
+                    out[i] = after_sq[i] = math.nan
+                    device.fill_later(out, i, diff)
+                    device.fill_later(after_sq, i, norm)
         if None not in after_sq:
             self.after_sq = after_sq
         return out
