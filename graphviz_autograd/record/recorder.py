@@ -291,17 +291,20 @@ class Recorder:
             for i, g in enumerate(groups):
                 if "lr" in g and f"lr/{i}" not in row:
                     row["lr" if len(groups) == 1 else f"lr/{i}"] = float(g["lr"])
+        logged = False
         try:
             version, step_stats = None, None
             if self._capturing:
                 version, step_stats = self._collect(step, loss)
             self._writer.add_step(step, wall_time=time.time(), graph_version=version,
                                   scalars=row, stats=step_stats)
+            logged = True
         finally:
             if self._capturing or self._node_handles:
                 self._end_capture()
             self._logged += 1
-            self._last_step = step
+            if logged:                  # a refused step does not count as the last one logged
+                self._last_step = step
             if self._recording_this_step() != self._armed:
                 self._arm()
 

@@ -146,11 +146,13 @@ INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 def int64(value: Any, what: str) -> int:
     """``value`` as an int that SQLite and the packed steps can hold, else a StoreError naming it."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise StoreError(f"{what} must be an integer, got {value!r:.80}")
+        raise StoreError(f"{what} must be an integer, got {_short(value)}")
     value = value.__index__()
     if not INT64_MIN <= value <= INT64_MAX:
-        raise StoreError(f"{what}={value:.6g} does not fit a signed 64-bit integer (|value| < 2**63). "
+        raise StoreError(f"{what}={_short(value)} does not fit a signed 64-bit integer (|value| < 2**63). "
                          f"Fix: number steps from 0 upwards (a global step counter)")
     return value
 
@@ -180,7 +182,7 @@ def text(value: Any, what: str) -> str:
 
 def _short(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10 ** 30:
-        return f"an integer of {len(str(abs(value)))} digits"
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
     try:
         shown = repr(value)
     except Exception:  # noqa: BLE001 - a hostile repr
@@ -188,8 +190,9 @@ def _short(value: Any) -> str:
     return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
-DAMAGED_FIX = ("Fix: if this file is a copy, copy it again; else restore it from a backup (check "
-               "it with: sqlite3 FILE 'PRAGMA integrity_check'). graphviz-autograd never changes it")
+DAMAGED_FIX = ("Fix: if it is a copy, copy it again, else restore it from a backup (see the damage "
+               "with: sqlite3 FILE 'PRAGMA integrity_check'); a file that is no run store: open "
+               "a run directory the recorder wrote")
 
 
 def read_meta(conn: sqlite3.Connection, path: Path) -> tuple[int, dict[str, Any]]:

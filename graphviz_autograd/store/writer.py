@@ -29,49 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from graphviz_autograd.errors import StoreError
-from graphviz_autograd.store import chunks, flusher
+from graphviz_autograd.store import flusher
+from graphviz_autograd.store.buffer import Buffer, chunk_rows
 from graphviz_autograd.store.lock import WriterLock
 from graphviz_autograd.store.schema import (BUSY_TIMEOUT_S, INSERT_CHUNK, SCHEMA, STAT_SET, ROW_WIDTH,
-                                            CHUNK_MAX, CHUNK_MIN, MAX_BUFFERED_ROWS, STATS,
-                                            STORE_SCHEMA_VERSION, check_kind, check_store,
-                                            Closing, encode, float64, int64, meta_rows,
-                                            remove_store_files, stat_value, store_filename, text)
+                                            MAX_BUFFERED_ROWS, STATS, STORE_SCHEMA_VERSION,
+                                            check_kind, check_store, Closing, encode, float64,
+                                            int64, meta_rows, remove_store_files, stat_value,
+                                            store_filename, text)
 from graphviz_autograd.store.wal import WalGuard
 
 _INHERITED: list = []       # connections a forked child inherited: never used, never closed
-
-
-class _Buffer:
-    """What was added since the last flush took the buffer."""
-
-    __slots__ = ("graphs", "keys", "steps", "scalars", "pending", "n_pending", "readded", "max_step")
-
-    def __init__(self) -> None:
-        self.graphs: list[tuple] = []
-        self.keys: list[tuple] = []
-        self.steps: list[tuple] = []
-        self.scalars: list[tuple] = []
-        self.pending: dict[int, list] = {}   # key_id -> [step, *STATS, step, ...] not yet written
-        self.n_pending = 0
-        self.readded = False        # a step was added twice (rows need deduplicating)
-        self.max_step: int | None = None
-
-    def empty(self) -> bool:
-        return not (self.steps or self.graphs or self.keys)
-
-    def then(self, later: "_Buffer") -> "_Buffer":
-        """This buffer (a flush that failed) followed by ``later`` (added meanwhile)."""
-        self.graphs += later.graphs
-        self.keys += later.keys
-        self.steps += later.steps
-        self.scalars += later.scalars
-        for key_id, rows in later.pending.items():
-            self.pending.setdefault(key_id, []).extend(rows)
-        self.n_pending += later.n_pending
-        self.readded = self.readded or later.readded
-        if later.max_step is not None:
-            self.max_step = later.max_step
-        return self
 
 
 class RunWriter(Closing):
@@ -130,7 +98,7 @@ class RunWriter(Closing):
         self._graph_versions: dict[str, int] = {}  # fingerprint -> version
         self._key_ids: dict[str, dict[str, int]] = {}  # kind -> name -> keys.id
         self._n_keys = 0
-        self._buf = _Buffer()
+        self._buf = Buffer()
         self._open: dict[int, list] = {}      # key_id -> its last chunk (flat) while it is short
         self._written_max: int | None = None  # highest step a flush took; later steps must exceed it
         self._lock = threading.Lock()         # the buffers (held briefly by add_* and by a flush)
@@ -361,7 +329,7 @@ class RunWriter(Closing):
             if batch.empty():
                 batch = None
             else:
-                self._buf = _Buffer()
+                self._buf = Buffer()
                 taken_from = self._written_max
                 if batch.max_step is not None:
                     self._written_max = batch.max_step
@@ -371,8 +339,8 @@ class RunWriter(Closing):
         if self._wal.missing():
             self._conn = self._wal.repair(self._conn, self._connect)
 
-    def _write(self, batch: _Buffer, taken_from: int | None) -> None:
-        rows, opened = self._chunk_rows(batch)      # before BEGIN: the write lock is held less
+    def _write(self, batch: Buffer, taken_from: int | None) -> None:
+        rows, opened = chunk_rows(batch, self._open)   # before BEGIN: the write lock is held less
         conn = self._conn
         commit_sent = False
         try:
@@ -403,35 +371,6 @@ class RunWriter(Closing):
                                  f"again; the data is kept in memory") from exc
             raise
         self._open = opened
-
-    def _chunk_rows(self, batch: _Buffer) -> tuple[list[tuple], dict[int, list]]:
-        """One chunk row per key with buffered stats, and the keys' short last chunks after it.
-
-        A key whose last chunk is still short (< :data:`CHUNK_MIN` steps) gets that
-        chunk rewritten with the new steps appended (same key and first step), so
-        frequent flushes do not leave a series in thousands of tiny chunks.
-        """
-        out, opened = [], dict(self._open)
-        for key_id, rows in batch.pending.items():
-            if not rows:                # a step that failed validation left it empty
-                continue
-            prev = self._open.get(key_id)
-            if prev:
-                rows = prev + rows
-            if batch.readded:           # a buffered step was re-added: the last one wins
-                latest = {rows[i]: rows[i + 1:i + ROW_WIDTH] for i in range(0, len(rows), ROW_WIDTH)}
-                rows = [x for step in sorted(latest) for x in (step, *latest[step])]
-            for first in range(0, len(rows), CHUNK_MAX * ROW_WIDTH):
-                part = rows[first:first + CHUNK_MAX * ROW_WIDTH]
-                steps = part[::ROW_WIDTH]
-                out.append((key_id, steps[0], steps[-1], len(steps), chunks.stride_of(steps),
-                            chunks.pack_steps(steps),
-                            *(chunks.pack_values(part[k::ROW_WIDTH]) for k in range(1, ROW_WIDTH))))
-            if len(part) < CHUNK_MIN * ROW_WIDTH:
-                opened[key_id] = part
-            else:
-                opened.pop(key_id, None)
-        return out, opened
 
     # -- closing ------------------------------------------------------------------------
     def close(self) -> None:
