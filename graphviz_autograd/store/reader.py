@@ -18,6 +18,7 @@ import shutil
 import sqlite3
 import struct
 import threading
+import time
 import weakref
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -31,7 +32,9 @@ from graphviz_autograd.store.connect import SHARED, open_for_reading
 from graphviz_autograd.store.schema import (DAMAGED_FIX, STORE_GLOB, Damaged, GraphVersion, Series,
                                             check_kind, check_stat, check_store, Closing,
                                             decode)
-from graphviz_autograd.store.wal import side_files
+from graphviz_autograd.store.wal import side_files, side_identity
+
+SIDE_CHECK_S = 1.0     # how often a reader looks whether the store's -wal/-shm were replaced
 
 
 class RankReader(Closing):
@@ -73,6 +76,8 @@ class RankReader(Closing):
         except OSError as exc:          # copying a store off read-only media
             raise StoreError(f"cannot open run store {self.file}: {exc}") from exc
         self.mode = opened.mode
+        self._sides = side_identity(self.file) if opened.mode == SHARED else None
+        self._sides_checked = time.monotonic()
         if opened.copy_dir:
             self._copy_dir = opened.copy_dir
             weakref.finalize(self, shutil.rmtree, opened.copy_dir, ignore_errors=True)
@@ -81,14 +86,15 @@ class RankReader(Closing):
     def _error(self, exc: sqlite3.Error, doing: str = "cannot read") -> StoreError:
         """What went wrong, in words: a deleted ``-wal``, a damaged file, or SQLite's message."""
         wal, shm = side_files(self.file)
-        if getattr(self, "mode", SHARED) == SHARED and self.file.exists() and (
-                wal.exists() != shm.exists()):
+        if getattr(self, "mode", SHARED) == SHARED and (
+                getattr(exc, "sqlite_errorname", "").startswith("SQLITE_IOERR")
+                or wal.exists() != shm.exists()):
             return StoreError(
-                f"{doing} run store {self.file}: {exc}. Its {'-shm' if wal.exists() else '-wal'} "
-                f"file was deleted while a writer had the store open; the writer copies its log "
-                f"back into the store at its next flush (within its flush_interval), then reads "
-                f"work again. Fix: retry in a few seconds; never delete -wal/-shm files of a run "
-                f"being written")
+                f"{doing} run store {self.file}: {exc}. Its log (the -wal file) does not match its "
+                f"index (-shm): most likely the -wal was deleted while a writer had the store "
+                f"open. The writer copies its steps into the store and starts a new log at its "
+                f"next flush (within its flush_interval); then reads work again. Fix: retry in a "
+                f"few seconds; never delete -wal/-shm files of a run being written")
         if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
             return StoreError(f"{self.file} is not a readable graphviz-autograd run store: it is "
                               f"damaged or no SQLite file ({exc}). "
@@ -97,6 +103,8 @@ class RankReader(Closing):
 
     def _fetch(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
+            if self._sides is not None and not self._depth and self._sides_replaced():
+                self._reopen()          # the -wal/-shm we use were deleted: follow the new ones
             try:
                 return self._conn.execute(sql, args).fetchall()
             except (sqlite3.ProgrammingError, sqlite3.InterfaceError) as exc:
@@ -109,6 +117,15 @@ class RankReader(Closing):
                 return self._conn.execute(sql, args).fetchall()
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
+
+    def _sides_replaced(self) -> bool:
+        """Whether the store's -wal/-shm are other files than at open (checked once a second)."""
+        now = time.monotonic()
+        if now - self._sides_checked < SIDE_CHECK_S:
+            return False
+        self._sides_checked = now
+        current = side_identity(self.file)
+        return None not in current and current != self._sides
 
     def _reopen(self) -> None:
         with suppress(sqlite3.Error):

@@ -27,22 +27,48 @@ from graphviz_autograd.store.schema import BUSY_TIMEOUT_S
 REPAIR_WAIT_S = 0.2     # wait this long for readers to finish a read, else retry at the next flush
 
 
+def side_identity(path: Path) -> tuple:
+    """``(device, inode)`` of the ``-wal`` and ``-shm`` files of ``path`` (None: absent)."""
+    out = []
+    for side in side_files(path):
+        try:
+            st = os.stat(side)
+            out.append((st.st_dev, st.st_ino))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
 def side_files(path: Path) -> tuple[Path, Path]:
     """The ``-wal`` and ``-shm`` files of the store at ``path``."""
     return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
 
 
 class WalGuard:
-    """Notices a deleted ``-wal``/``-shm`` of the store at ``path`` (once it has been written)."""
+    """Notices a deleted (or replaced) ``-wal``/``-shm`` of the store at ``path``.
+
+    A reader opening the store after the deletion creates an empty ``-wal`` of its
+    own, so the files are compared by identity (device and inode), recorded after
+    the writer's first write on each connection.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.wal, self.shm = side_files(path)
-        self.armed = False          # set after the first write: before it, there are no such files
+        self.known: tuple | None = None     # identities of our -wal and -shm (None: not written yet)
         self.warned = False
 
+    def written(self) -> None:
+        """Call after each write: the first one on a connection records the files it uses."""
+        if self.known is None:
+            self.known = self._identity()
+
     def missing(self) -> bool:
-        return self.armed and not (os.path.exists(self.wal) and os.path.exists(self.shm))
+        return self.known is not None and self._identity() != self.known
+
+    def _identity(self) -> tuple:
+        return side_identity(self.path)
+
 
     def repair(self, conn: sqlite3.Connection, connect: Callable[[], sqlite3.Connection],
                final: bool = False) -> sqlite3.Connection:
@@ -75,6 +101,7 @@ class WalGuard:
                           f"file and a new log started, so readers see all steps again. Fix: do "
                           f"not delete -wal/-shm files of a run being written", RuntimeWarning,
                           stacklevel=3)
+        self.known = None           # the new connection's files are recorded at its first write
         if final:
             return conn
         conn.close()

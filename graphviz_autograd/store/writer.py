@@ -335,7 +335,7 @@ class RunWriter(Closing):
                     self._written_max = batch.max_step
         if batch is not None:
             self._write(batch, taken_from)
-            self._wal.armed = True
+            self._wal.written()
         if self._wal.missing():
             self._conn = self._wal.repair(self._conn, self._connect)
 
