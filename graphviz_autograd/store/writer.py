@@ -103,8 +103,7 @@ class RunWriter(Closing):
         self._written_max: int | None = None  # highest step a flush took; later steps must exceed it
         self._lock = threading.Lock()         # the buffers (held briefly by add_* and by a flush)
         self._flush_lock = threading.Lock()   # one flush at a time (the connection)
-        self._error: BaseException | None = None   # of the last flush, until one succeeds
-        self._last_attempt = time.monotonic()
+        self._failing_since: float | None = None   # first of the flushes failing since the last success
         self._closed = False
         flusher.register(self)
         self._flusher = flusher.Flusher(self, flush_interval) if flush_interval > 0 else None
@@ -223,33 +222,37 @@ class RunWriter(Closing):
                 raise StoreError(f"unknown graph_version {graph_version}; add_graph() returned "
                                  f"versions 1..{len(self._graph_versions)}")
             buf = self._buf
-            staged: list[list] = []         # the pending lists this step appended to, for a rollback
-            try:
+            marks = (len(buf.steps), len(buf.scalars), buf.max_step, buf.readded, buf.n_pending)
+            staged: list[tuple[list, int]] = []    # (pending list, its length before this step)
+            try:        # all or nothing, also when Ctrl-C lands in the middle
                 for kind, entries in (stats or {}).items():
                     self._stat_rows(check_kind(kind), entries, step, staged)
+                if buf.max_step is not None and step <= buf.max_step:
+                    buf.readded = True
+                else:
+                    buf.max_step = step
+                buf.steps.append((step, wall_time, graph_version))
+                buf.scalars.extend(scalar_rows)
+                buf.n_pending += len(staged)
             except BaseException:
-                for rows in staged:
-                    del rows[-ROW_WIDTH:]
+                for rows, n in staged:
+                    del rows[n:]
+                del buf.steps[marks[0]:], buf.scalars[marks[1]:]
+                buf.max_step, buf.readded, buf.n_pending = marks[2:]
                 raise
-            if buf.max_step is not None and step <= buf.max_step:
-                buf.readded = True
-            else:
-                buf.max_step = step
-            buf.steps.append((step, wall_time, graph_version))
-            buf.scalars.extend(scalar_rows)
-            buf.n_pending += len(staged)
             n_pending = buf.n_pending
         if self._flusher is None:
             self.flush()
         elif n_pending >= MAX_BUFFERED_ROWS:      # memory bound: now, in the background if it can
-            if n_pending >= 2 * MAX_BUFFERED_ROWS or self._error is not None:
+            if n_pending >= 2 * MAX_BUFFERED_ROWS or self._failing_since is not None:
                 self.flush()
             else:
                 self._flusher.wake()
-        elif self._error is not None and time.monotonic() - self._last_attempt >= self.flush_interval:
-            self.flush()        # the background flush failed: retry here, so the error is seen
+        elif (self._failing_since is not None
+              and time.monotonic() - self._failing_since >= self.flush_interval):
+            self.flush()        # background flushes failed for an interval: retry here, raise it
 
-    def _stat_rows(self, kind: str, entries: list, step: int, staged: list[list]) -> None:
+    def _stat_rows(self, kind: str, entries: list, step: int, staged: list[tuple]) -> None:
         """Buffer one ``(step, (*STATS,))`` row per entry under its key (the hot path)."""
         key_ids = self._key_ids.setdefault(kind, {})
         pending = self._buf.pending
@@ -282,9 +285,9 @@ class RunWriter(Closing):
             rows = pending.get(key_id)
             if rows is None:
                 rows = pending[key_id] = []
+            staged.append((rows, len(rows)))
             rows.append(step)           # flat [step, *STATS, step, *STATS, ...]: no object per row
             rows.extend(row)
-            staged.append(rows)
 
     # -- flushing -------------------------------------------------------------------------
     def flush(self) -> None:
@@ -299,10 +302,10 @@ class RunWriter(Closing):
         with self._flush_lock:
             try:
                 self._flush()
-            except BaseException as exc:
-                self._error = exc
+            except BaseException:
+                self._failed()
                 raise
-            self._error = None
+            self._failing_since = None
 
     def background_flush(self) -> None:
         """The flusher thread's flush: skipped while another runs; a failure warns once and is
@@ -312,48 +315,47 @@ class RunWriter(Closing):
         try:
             self._flush()
         except Exception as exc:  # noqa: BLE001 - this thread must go on; the data stays buffered
-            if self._error is None:
+            if self._failing_since is None:
                 warnings.warn(f"graphviz-autograd: {exc} (retrying every {self.flush_interval} s)",
                               RuntimeWarning, stacklevel=1)
-            self._error = exc
+            self._failed()
         else:
-            self._error = None
+            self._failing_since = None
         finally:
             self._flush_lock.release()
 
-    def _flush(self) -> None:
-        """Take the buffer and write it (the caller holds ``_flush_lock``)."""
-        self._last_attempt = time.monotonic()
-        with self._lock:
-            batch = self._buf
-            if batch.empty():
-                batch = None
-            else:
-                self._buf = Buffer()
-                taken_from = self._written_max
-                if batch.max_step is not None:
-                    self._written_max = batch.max_step
-        if batch is not None:
-            self._write(batch, taken_from)
-            self._wal.written()
-        if self._wal.missing():
-            self._conn = self._wal.repair(self._conn, self._connect)
+    def _failed(self) -> None:
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
 
-    def _write(self, batch: Buffer, taken_from: int | None) -> None:
-        rows, opened = chunk_rows(batch, self._open)   # before BEGIN: the write lock is held less
-        conn = self._conn
-        commit_sent = False
+    def _flush(self) -> None:
+        """Take the buffer and write it in one transaction (the caller holds ``_flush_lock``).
+
+        On any failure, Ctrl-C included, whatever was taken goes back in front of the
+        buffer and the step bookkeeping is restored, unless the COMMIT went through.
+        """
+        conn, batch, taken_from, commit_sent = self._conn, None, self._written_max, False
         try:
-            if conn.in_transaction:                 # left open by an interrupted flush
-                conn.execute("ROLLBACK")
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany("INSERT INTO graphs VALUES (?, ?, ?, ?, ?)", batch.graphs)
-            conn.executemany("INSERT INTO keys VALUES (?, ?, ?)", batch.keys)
-            conn.executemany("INSERT OR REPLACE INTO steps VALUES (?, ?, ?)", batch.steps)
-            conn.executemany("INSERT OR REPLACE INTO scalars VALUES (?, ?, ?)", batch.scalars)
-            conn.executemany(INSERT_CHUNK, rows)
-            commit_sent = True
-            conn.execute("COMMIT")
+            with self._lock:
+                if not self._buf.empty():
+                    batch = self._buf
+                    self._buf = Buffer()
+                    if batch.max_step is not None:
+                        self._written_max = batch.max_step
+            if batch is not None:
+                rows, opened = chunk_rows(batch, self._open)
+                if conn.in_transaction:             # left open by an interrupted flush
+                    conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany("INSERT INTO graphs VALUES (?, ?, ?, ?, ?)", batch.graphs)
+                conn.executemany("INSERT INTO keys VALUES (?, ?, ?)", batch.keys)
+                conn.executemany("INSERT OR REPLACE INTO steps VALUES (?, ?, ?)", batch.steps)
+                conn.executemany("INSERT OR REPLACE INTO scalars VALUES (?, ?, ?)", batch.scalars)
+                conn.executemany(INSERT_CHUNK, rows)
+                commit_sent = True
+                conn.execute("COMMIT")
+                self._open = opened
+                self._wal.written()
         except BaseException as exc:
             if commit_sent and not conn.in_transaction and not isinstance(exc, sqlite3.Error):
                 self._open = opened         # written after all: interrupted just after COMMIT
@@ -361,16 +363,19 @@ class RunWriter(Closing):
             with suppress(sqlite3.Error):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-            with self._lock:                # put it back in front of what was added meanwhile
-                self._buf = batch.then(self._buf)
-                self._written_max = taken_from
+            if batch is not None:
+                with self._lock:            # back in front of what was added meanwhile
+                    if self._buf is not batch:
+                        self._buf = batch.then(self._buf)
+                    self._written_max = taken_from
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"cannot write {len(batch.steps)} buffered steps to {self.path}: "
                                  f"{exc}. Fix: free disk space or restore write access (or end "
                                  f"the program holding a write lock on it), then call flush() "
                                  f"again; the data is kept in memory") from exc
             raise
-        self._open = opened
+        if self._wal.missing():
+            self._conn = self._wal.repair(self._conn, self._connect)
 
     # -- closing ------------------------------------------------------------------------
     def close(self) -> None:
