@@ -29,14 +29,15 @@ REPAIR_WAIT_S = 0.2     # wait this long for readers to finish a read, else retr
 
 def side_identity(path: Path) -> tuple:
     """``(device, inode)`` of the ``-wal`` and ``-shm`` files of ``path`` (None: absent)."""
-    out = []
-    for side in side_files(path):
-        try:
-            st = os.stat(side)
-            out.append((st.st_dev, st.st_ino))
-        except OSError:
-            out.append(None)
-    return tuple(out)
+    return tuple(map(_identity, side_files(path)))
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def side_files(path: Path) -> tuple[Path, Path]:
@@ -56,18 +57,18 @@ class WalGuard:
         self.path = path
         self.wal, self.shm = side_files(path)
         self.known: tuple | None = None     # identities of our -wal and -shm (None: not written yet)
+        self.store = None                   # identity of the store file itself
         self.warned = False
+        self.lost = False                   # the store file itself was deleted: nothing to repair
 
     def written(self) -> None:
         """Call after each write: the first one on a connection records the files it uses."""
         if self.known is None:
-            self.known = self._identity()
+            self.known = side_identity(self.path)
+            self.store = self.store or _identity(self.path)
 
     def missing(self) -> bool:
-        return self.known is not None and self._identity() != self.known
-
-    def _identity(self) -> tuple:
-        return side_identity(self.path)
+        return self.known is not None and not self.lost and side_identity(self.path) != self.known
 
 
     def repair(self, conn: sqlite3.Connection, connect: Callable[[], sqlite3.Connection],
@@ -78,6 +79,12 @@ class WalGuard:
         connection is returned and the next flush tries again (``final``: at close,
         wait as long as any write would).
         """
+        if _identity(self.path) != self.store:     # the whole store went (rm -r of the run)
+            self.lost = True
+            warnings.warn(f"graphviz-autograd: the run store {self.path} was deleted or replaced "
+                          f"while it was written; the steps from now on cannot be read. Fix: "
+                          f"start a new Recorder (in another run_dir)", RuntimeWarning, stacklevel=3)
+            return conn
         try:
             if not final:
                 conn.execute(f"PRAGMA busy_timeout={int(REPAIR_WAIT_S * 1000)}")
