@@ -27,7 +27,8 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-from graphviz_autograd.store.schema import BUSY_TIMEOUT_S
+from graphviz_autograd.errors import StoreError
+from graphviz_autograd.store.schema import BUSY_TIMEOUT_S, DAMAGED_FIX
 from graphviz_autograd.store.wal import side_files
 
 SHARED, IMMUTABLE, COPY = "shared", "immutable", "copy"
@@ -66,6 +67,23 @@ def open_for_reading(path: Path) -> Opened:
     except BaseException:
         shutil.rmtree(copy_dir, ignore_errors=True)
         raise
+
+
+def explain(exc: sqlite3.Error, path: Path, mode: str, doing: str = "cannot read") -> StoreError:
+    """What went wrong reading ``path``, in words: a replaced ``-wal``, damage, or SQLite's message."""
+    wal, shm = side_files(path)
+    if mode == SHARED and (getattr(exc, "sqlite_errorname", "").startswith("SQLITE_IOERR")
+                           or wal.exists() != shm.exists()):
+        return StoreError(
+            f"{doing} run store {path}: {exc}. Its log (the -wal file) does not match its "
+            f"index (-shm): most likely the -wal was deleted while a writer had the store "
+            f"open. The writer copies its steps into the store and starts a new log at its "
+            f"next flush (within its flush_interval); then reads work again. Fix: retry in a "
+            f"few seconds; never delete -wal/-shm files of a run being written")
+    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+        return StoreError(f"{path} is not a readable graphviz-autograd run store: it is damaged "
+                          f"or no SQLite file ({exc}). {DAMAGED_FIX.replace('FILE', str(path))}")
+    return StoreError(f"{doing} run store {path}: {exc}")
 
 
 def _connect(path: Path, query: str) -> sqlite3.Connection:

@@ -12,11 +12,9 @@ what is damaged, from every method, never a ``TypeError`` or ``struct.error``.
 """
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import sqlite3
-import struct
 import threading
 import time
 import weakref
@@ -28,11 +26,10 @@ from graphviz_autograd.errors import StoreError
 from graphviz_autograd.graph.model import Graph
 from graphviz_autograd.graph.serialize import from_json
 from graphviz_autograd.store import chunks
-from graphviz_autograd.store.connect import SHARED, open_for_reading
-from graphviz_autograd.store.schema import (DAMAGED_FIX, STORE_GLOB, Damaged, GraphVersion, Series,
-                                            check_kind, check_stat, check_store, Closing,
-                                            decode)
-from graphviz_autograd.store.wal import side_files, side_identity
+from graphviz_autograd.store.connect import SHARED, explain, open_for_reading
+from graphviz_autograd.store.schema import (STORE_GLOB, Damaged, GraphVersion, Series, check_kind,
+                                            check_stat, check_store, Closing, decode, typed_reads)
+from graphviz_autograd.store.wal import side_identity
 
 SIDE_CHECK_S = 1.0     # how often a reader looks whether the store's -wal/-shm were replaced
 
@@ -84,22 +81,7 @@ class RankReader(Closing):
         return opened.conn
 
     def _error(self, exc: sqlite3.Error, doing: str = "cannot read") -> StoreError:
-        """What went wrong, in words: a deleted ``-wal``, a damaged file, or SQLite's message."""
-        wal, shm = side_files(self.file)
-        if getattr(self, "mode", SHARED) == SHARED and (
-                getattr(exc, "sqlite_errorname", "").startswith("SQLITE_IOERR")
-                or wal.exists() != shm.exists()):
-            return StoreError(
-                f"{doing} run store {self.file}: {exc}. Its log (the -wal file) does not match its "
-                f"index (-shm): most likely the -wal was deleted while a writer had the store "
-                f"open. The writer copies its steps into the store and starts a new log at its "
-                f"next flush (within its flush_interval); then reads work again. Fix: retry in a "
-                f"few seconds; never delete -wal/-shm files of a run being written")
-        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
-            return StoreError(f"{self.file} is not a readable graphviz-autograd run store: it is "
-                              f"damaged or no SQLite file ({exc}). "
-                              f"{DAMAGED_FIX.replace('FILE', str(self.file))}")
-        return StoreError(f"{doing} run store {self.file}: {exc}")
+        return explain(exc, self.file, getattr(self, "mode", SHARED), doing)
 
     def _fetch(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
@@ -358,31 +340,9 @@ class RankReader(Closing):
                 shutil.rmtree(self._copy_dir, ignore_errors=True)
 
 
-# Reading a stored value that cannot be decoded: these, from any public method, mean damage.
-_DECODE_ERRORS = (Damaged, ValueError, TypeError, struct.error, RecursionError, OverflowError,
-                  IndexError, KeyError)
-
-
-def _typed(method):
-    """``method`` raising :class:`StoreError` (naming the file) for any damage it meets."""
-    @functools.wraps(method)
-    def read(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except StoreError:
-            raise
-        except _DECODE_ERRORS as exc:
-            what = str(exc) if isinstance(exc, Damaged) else (
-                f"{method.__name__}() met a stored value it cannot decode: {type(exc).__name__}: "
-                f"{str(exc)[:200]}")
-            raise StoreError(f"cannot read run store {self.file}: it is damaged: {what}. "
-                             f"{DAMAGED_FIX.replace('FILE', str(self.file))}") from exc
-    return read
-
-
-for _name, _method in list(vars(RankReader).items()):
+for _name, _method in list(vars(RankReader).items()):   # a damaged store: StoreError from every read
     if not _name.startswith("_") and _name != "close" and callable(_method):
-        setattr(RankReader, _name, _typed(_method))
+        setattr(RankReader, _name, typed_reads(_method))
 
 
 def _to_series(rows: list[tuple]) -> Series:

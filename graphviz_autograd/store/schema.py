@@ -12,8 +12,10 @@ None. Infinities are ordinary REAL values.
 """
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
+import struct
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -105,11 +107,6 @@ def check_kind(kind: str) -> str:
     if kind not in KINDS:
         raise StoreError(f"unknown key kind {kind!r}; valid kinds: {', '.join(KINDS)}")
     return kind
-
-
-def remove_store_files(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 class Closing:
@@ -234,3 +231,25 @@ def check_store(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
                          f"(format={meta.get('format')!r:.60}). Fix: use another run directory, or "
                          f"move that file away")
     return meta
+
+
+# Reading a stored value that cannot be decoded: these, from any public method, mean damage.
+_DECODE_ERRORS = (Damaged, ValueError, TypeError, struct.error, RecursionError, OverflowError,
+                  IndexError, KeyError)
+
+
+def typed_reads(method):
+    """``method`` raising :class:`StoreError` (naming the file) for any damage it meets."""
+    @functools.wraps(method)
+    def read(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except StoreError:
+            raise
+        except _DECODE_ERRORS as exc:
+            what = str(exc) if isinstance(exc, Damaged) else (
+                f"{method.__name__}() met a stored value it cannot decode: {type(exc).__name__}: "
+                f"{str(exc)[:200]}")
+            raise StoreError(f"cannot read run store {self.file}: it is damaged: {what}. "
+                             f"{DAMAGED_FIX.replace('FILE', str(self.file))}") from exc
+    return read

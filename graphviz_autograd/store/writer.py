@@ -31,12 +31,12 @@ from typing import Any
 from graphviz_autograd.errors import StoreError
 from graphviz_autograd.store import flusher
 from graphviz_autograd.store.buffer import Buffer, chunk_rows
+from graphviz_autograd.store.files import clear_existing, create
 from graphviz_autograd.store.lock import WriterLock
-from graphviz_autograd.store.schema import (BUSY_TIMEOUT_S, INSERT_CHUNK, SCHEMA, STAT_SET, ROW_WIDTH,
-                                            MAX_BUFFERED_ROWS, STATS, STORE_SCHEMA_VERSION,
-                                            check_kind, check_store, Closing, encode, float64,
-                                            int64, meta_rows, remove_store_files, stat_value,
-                                            store_filename, text)
+from graphviz_autograd.store.schema import (BUSY_TIMEOUT_S, INSERT_CHUNK, STAT_SET, ROW_WIDTH,
+                                            MAX_BUFFERED_ROWS, STATS, check_kind, Closing, encode,
+                                            float64, int64, meta_rows, stat_value, store_filename,
+                                            text)
 from graphviz_autograd.store.wal import WalGuard
 
 _INHERITED: list = []       # connections a forked child inherited: never used, never closed
@@ -87,8 +87,8 @@ class RunWriter(Closing):
         self._closed = True             # until everything below worked (close() is then a no-op)
         self._file_lock = WriterLock(self.path)     # before anything of this rank is touched
         try:
-            self._clear_existing(overwrite)
-            self._create(rows_meta)
+            clear_existing(self.path, overwrite)
+            create(self.path, rows_meta)
             self._conn = self._connect()
         except BaseException:
             self._file_lock.release()
@@ -117,49 +117,6 @@ class RunWriter(Closing):
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open run store {self.path}: {exc}") from exc
         return conn
-
-    def _clear_existing(self, overwrite: bool) -> None:
-        """Delete an old store of this rank if allowed, else explain why we stop."""
-        if self.path.exists() and not overwrite:
-            try:
-                conn = sqlite3.connect(self.path, isolation_level=None)
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot open existing run store {self.path}: {exc}") from exc
-            try:
-                check_store(conn, self.path)
-                has_steps = conn.execute("SELECT 1 FROM steps LIMIT 1").fetchone() is not None
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot read existing run store {self.path}: {exc}. Fix: use "
-                                 f"another run_dir, or pass overwrite=True to replace it") from exc
-            finally:
-                conn.close()
-            if has_steps:
-                raise StoreError(f"run directory {self.run_dir} already holds a run ({self.path}). "
-                                 f"Fix: pass overwrite=True to replace it, or choose another run dir")
-        try:
-            remove_store_files(self.path)
-        except OSError as exc:
-            raise StoreError(f"cannot remove old run store {self.path}: {exc}") from exc
-
-    def _create(self, meta_rows: list[tuple[str, str]]) -> None:
-        """Build the schema in a temporary file and move it in, so readers never see half of it."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        try:
-            remove_store_files(tmp)
-            conn = sqlite3.connect(tmp, isolation_level=None)
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={STORE_SCHEMA_VERSION};")
-                conn.executemany("INSERT INTO meta VALUES (?, ?)", meta_rows)
-                conn.execute("COMMIT")
-            finally:
-                conn.close()
-            os.replace(tmp, self.path)
-        except (sqlite3.Error, OSError) as exc:
-            with suppress(OSError):
-                remove_store_files(tmp)   # do not leave a half-built file on a full disk
-            raise StoreError(f"cannot create run store {self.path}: {exc}. Fix: make sure "
-                             f"{self.run_dir} is writable and the disk has free space") from exc
 
     def _check_open(self) -> None:
         if self._closed:
