@@ -5,7 +5,8 @@ a data stall), so a kill loses at most that interval.
 One daemon thread per writer wakes every interval and writes; the training thread only
 appends to buffers under a short lock. The thread holds a weak reference to its writer
 (a writer nobody keeps is not kept alive), stops at ``close()``, and is gone in a forked
-child. At interpreter exit every open writer is flushed and closed once.
+child (a fork waits for a flush in progress). At interpreter exit every open writer is
+flushed and closed once.
 
 Example:
     >>> w = RunWriter("runs/demo", flush_interval=2.0)   # doctest: +SKIP
@@ -80,12 +81,32 @@ def _close_all_at_exit() -> None:
                           f"at exit: {exc}", RuntimeWarning, stacklevel=1)
 
 
+_HELD: list = []     # flush locks taken for a fork
+
+
+def _before_fork() -> None:
+    """No flush may be inside SQLite while the process forks (the child would inherit its
+    mutexes locked): wait for running flushes, hold the others off."""
+    for writer in list(_OPEN):
+        lock = getattr(writer, "_flush_lock", None)
+        if lock is not None and lock.acquire(timeout=FORK_WAIT_S):
+            _HELD.append(lock)
+
+
+def _after_fork_in_parent() -> None:
+    while _HELD:
+        _HELD.pop().release()
+
+
 def _after_fork_in_child() -> None:
+    _HELD.clear()           # the child's writers get new locks (forked())
     for writer in list(_OPEN):
         writer.forked()
     _OPEN.clear()
 
 
+FORK_WAIT_S = 10.0
 atexit.register(_close_all_at_exit)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
