@@ -86,6 +86,13 @@ def test_an_unclosed_writer_is_flushed_and_closed_at_interpreter_exit(tmp_path):
     assert not (tmp_path / "rank-0.gva.sqlite.lock").exists()
 
 
+@pytest.mark.parametrize("bad", [-1, float("inf"), float("nan"), True, "2"])
+def test_flush_interval_must_be_a_finite_number(tmp_path, bad):
+    with pytest.raises(StoreError, match=r"flush_interval=.* must be a finite number of seconds >= 0"):
+        RunWriter(tmp_path, flush_interval=bad)
+    assert not (tmp_path / "rank-0.gva.sqlite").exists() and not _flusher_threads()
+
+
 def test_a_dropped_writer_writes_what_it_buffered(tmp_path):
     writer = RunWriter(tmp_path, flush_interval=3600)
     _steps(writer, range(3))

@@ -73,8 +73,8 @@ class RunWriter(Closing):
             raise StoreError(f"rank={rank} must be in [0, world_size={world_size})")
         if (isinstance(flush_interval, bool) or not isinstance(flush_interval, (int, float))
                 or not 0 <= flush_interval < math.inf):
-            raise StoreError(f"flush_interval={flush_interval!r} must be a number of seconds >= 0 "
-                             f"(0 writes every step)")
+            raise StoreError(f"flush_interval={flush_interval!r} must be a finite number of seconds "
+                             f">= 0 (0 writes every step)")
         self.run_dir = Path(run_dir)
         self.rank, self.world_size, self.flush_interval = rank, world_size, flush_interval
         self.path = self.run_dir / store_filename(rank)
