@@ -1,6 +1,8 @@
 """Benchmark the run store: stat rows written per second, and reading one key's series.
 
 Run: ``python benchmarks/bench_store.py [--keys 500] [--write-steps 2000] [--read-steps 100000]``.
+Also times each ``add_step`` on the calling (training) thread: flushes run on the writer's
+background thread, so no step should wait for one.
 Targets: >= 200,000 stat rows/s written (indexes in place) and <= 50 ms to read one
 key's series over 100,000 steps. A "stat row" is one key at one step with all its
 statistics. The "plain sqlite3" lines time the obvious layout (one table row per key
@@ -31,6 +33,24 @@ def bench_write(run_dir: Path, n_keys: int, n_steps: int) -> float:
             writer.add_step(step, wall_time=time.time(), graph_version=None,
                             scalars={"loss": 1.0 / (step + 1), "lr": 0.1}, stats={"node": entries})
     return n_keys * n_steps / (time.perf_counter() - start)
+
+
+def bench_add_step_latency(run_dir: Path, n_keys: int, seconds: float) -> list[float]:
+    """Milliseconds each add_step took on the calling (training) thread, with the default
+    2 s flush interval, while steps come every 5 ms for ``seconds``."""
+    rng = random.Random(0)
+    entries = [(f"node:{i}", tuple(rng.random() for _ in STATS)) for i in range(n_keys)]
+    times = []
+    with RunWriter(run_dir, flush_interval=2.0, overwrite=True) as writer:
+        deadline, step = time.perf_counter() + seconds, 0
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            writer.add_step(step, wall_time=time.time(), graph_version=None,
+                            scalars={"loss": 1.0 / (step + 1)}, stats={"node": entries})
+            times.append((time.perf_counter() - start) * 1000)
+            step += 1
+            time.sleep(0.005)       # the rest of a training step
+    return sorted(times)
 
 
 def bench_raw_insert(path: Path, n_keys: int, n_steps: int, batch_steps: int = 200) -> float:
@@ -85,6 +105,7 @@ def main() -> None:
     parser.add_argument("--write-steps", type=int, default=2000)
     parser.add_argument("--read-keys", type=int, default=20)
     parser.add_argument("--read-steps", type=int, default=100_000)
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rate = bench_write(Path(tmp) / "write", args.keys, args.write_steps)
@@ -92,6 +113,11 @@ def main() -> None:
         print(f"write {args.keys} keys x {args.write_steps} steps: {rate:,.0f} stat rows/s "
               f"(target >= 200,000: {'OK' if rate >= 200_000 else 'MISSED'}); "
               f"plain sqlite3, one row per key and step: {ceiling:,.0f} rows/s")
+
+        lat = bench_add_step_latency(Path(tmp) / "latency", args.keys, args.latency_seconds)
+        print(f"add_step of {args.keys} keys on the training thread, {len(lat)} steps 5 ms apart over "
+              f"{args.latency_seconds:g} s: median {lat[len(lat) // 2]:.2f} ms, p99 "
+              f"{lat[int(len(lat) * 0.99)]:.2f} ms, max {lat[-1]:.2f} ms")
 
         run_dir = Path(tmp) / "read"
         rate = bench_write(run_dir, args.read_keys, args.read_steps)

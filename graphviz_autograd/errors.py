@@ -56,14 +56,36 @@ class DiagnosisError(GraphvizAutogradError, RuntimeError):
 
 
 def describe(value: object, limit: int = 80) -> str:
-    """Short, safe repr of a user value for error messages."""
-    torch = sys.modules.get("torch")   # never import torch just to describe a value
-    if torch is not None and isinstance(value, torch.Tensor):
-        return (f"tensor(shape={tuple(value.shape)}, dtype={value.dtype}, "
-                f"requires_grad={value.requires_grad}, "
-                f"grad_fn={type(value.grad_fn).__name__ if value.grad_fn else None})")
-    text = repr(value)
+    """Short, safe repr of a user value for error messages; never raises.
+
+    A ``__repr__`` that raises (or a tensor whose shape cannot be read) must not
+    hide the error being reported, so it is named instead.
+
+    Example:
+        >>> class Odd:
+        ...     def __repr__(self):
+        ...         raise ValueError("no")
+        >>> describe(Odd())
+        '<Odd object: its repr() raised ValueError>'
+    """
+    try:
+        torch = sys.modules.get("torch")   # never import torch just to describe a value
+        if torch is not None and isinstance(value, torch.Tensor):
+            return _describe_tensor(value)
+        text = repr(value)
+    except Exception as exc:  # noqa: BLE001 - a hostile repr must not replace the real error
+        return f"<{type(value).__name__} object: its repr() raised {type(exc).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _describe_tensor(value) -> str:
+    try:
+        shape = str(tuple(value.shape))
+    except Exception:  # noqa: BLE001 - a strided nested tensor has no single shape
+        shape = "nested" if getattr(value, "is_nested", False) else "unknown"
+    grad_fn = value.grad_fn
+    return (f"tensor(shape={shape}, dtype={value.dtype}, requires_grad={value.requires_grad}, "
+            f"grad_fn={type(grad_fn).__name__ if grad_fn is not None else None})")
 
 
 class DiagnoseInputError(GraphvizAutogradError, ValueError):

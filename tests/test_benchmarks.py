@@ -20,7 +20,8 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("bench_fsdp.py", [], "bytes sent per rank"),
     ("bench_memory.py", ["--steps", "20"], "live tensors"),
     ("bench_gather.py", ["--worlds", "2", "--steps", "2", "--models", "lenet"], "bare pair ms"),
-    ("bench_store.py", ["--keys", "20", "--write-steps", "50", "--read-keys", "2", "--read-steps", "500"], "rows/s"),
+    ("bench_store.py", ["--keys", "20", "--write-steps", "50", "--read-keys", "2", "--read-steps", "500",
+                        "--latency-seconds", "0.2"], "rows/s"),
 ])
 def test_benchmark_script_smoke(script, args, expect):
     proc = subprocess.run([sys.executable, script, *args], cwd=BENCH, capture_output=True, text=True, timeout=600)

@@ -79,3 +79,51 @@ def test_dot_accepts_the_text(recipe):
     svg = run_dot(graph.to_dot(), "svg", timeout=60).decode()
     assert "<svg" in svg
     assert all(n.id in svg for n in graph.nodes if n.kind is not ga.NodeKind.PARAM)
+
+
+# -- the store writer: any value is stored exactly or refused by name, never half a step -------
+from hypothesis import strategies as st  # noqa: E402
+
+from graphviz_autograd.errors import StoreError  # noqa: E402
+from graphviz_autograd.store import RunWriter, open_run  # noqa: E402
+
+_VALUES = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(),
+                    st.integers(min_value=-(10 ** 400), max_value=10 ** 400), st.text(max_size=3),
+                    st.booleans())
+_NAMES = st.one_of(st.text(max_size=6), st.integers(), st.none())
+_STEPS = st.one_of(st.integers(min_value=-(2 ** 64), max_value=2 ** 64), st.floats(allow_nan=True))
+
+
+def _plain(value):
+    """What the store gives back for an accepted value."""
+    return None if value is None else float(value)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=DERANDOMIZE, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(_STEPS, st.dictionaries(_NAMES, _VALUES, max_size=3),
+                          st.dictionaries(_NAMES, _VALUES, max_size=3)), max_size=6))
+def test_the_writer_stores_every_accepted_step_exactly_and_refuses_the_rest(tmp_path_factory, steps):
+    run_dir = tmp_path_factory.mktemp("fuzz")
+    accepted = {}
+    with RunWriter(run_dir, flush_interval=0) as w:
+        for step, scalars, stats in steps:
+            try:
+                w.add_step(step, wall_time=0.0, graph_version=None, scalars=scalars,
+                           stats={"param": [(name, {"grad_norm": v}) for name, v in stats.items()]})
+            except StoreError as exc:
+                assert "Fix" in str(exc) or "must be" in str(exc) or "not after" in str(exc), str(exc)
+                continue
+            accepted[int(step)] = (scalars, stats)
+        w.add_step(2 ** 63 - 1, wall_time=0.0, graph_version=None, scalars={"end": 1.0})  # still usable
+    run = open_run(run_dir)
+    assert run.steps() == sorted(accepted) + [2 ** 63 - 1]
+    for step, (scalars, stats) in accepted.items():
+        for name, value in scalars.items():
+            got = run.scalar_at(name, step)
+            assert got == _plain(value) or (got != got and _plain(value) != _plain(value))
+        table = run.stats_at(step, "param")
+        for name, value in stats.items():
+            expect = _plain(value)
+            assert (name not in table) if expect is None else (
+                table[name] == expect or (table[name] != table[name] and expect != expect))

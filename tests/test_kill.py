@@ -374,3 +374,93 @@ def test_sigkill_a_fresh_writer_in_its_first_seconds(tmp_path, when):
         assert result["steps"] is not None, "the Recorder said ready, so its store must exist"
     leftovers = [p.name for p in run_dir.iterdir()] if run_dir.exists() else []
     assert all(name.startswith("rank-0.gva.sqlite") for name in leftovers), leftovers
+
+
+# == a kill during a pause: flushing happens in wall-clock time, not only inside log() ============
+PAUSE = WRITER.split("def train")[0] + """
+def pause_run(run_dir, flush_interval):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = LeNet5()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    rec = ga.Recorder(model, run_dir, optimizer=opt, every=1, flush_interval=flush_interval)
+    for step in range(100):         # faster than the flush interval
+        x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        rec.log(step, loss=loss)
+    say("paused")                   # validation, a checkpoint, a data stall: no log() for a minute
+    time.sleep(600)
+
+
+pause_run(sys.argv[1], float(sys.argv[2]))
+"""
+
+
+def test_sigkill_during_a_pause_keeps_every_step_logged_before_it(tmp_path):
+    interval = 2.0          # the Recorder's default
+    proc = subprocess.Popen([sys.executable, "-c", PAUSE, str(tmp_path), str(interval)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    try:
+        line = proc.stdout.readline()
+        assert line.endswith(b" paused\n"), (line, proc.stderr.read()[-2000:] if proc.poll() else "")
+        paused = time.monotonic()
+        time.sleep(interval + 1.0)      # one interval (and a flush) later: 10 s in the issue
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL and time.monotonic() - paused < 60
+    run = ga.open_run(tmp_path)
+    assert run.steps() == list(range(100)), f"{len(run.steps())} of 100 steps after the kill"
+    assert run.param_series("fc3.weight").steps == list(range(100))
+    assert set(run.stats_at(99, "module", "act_mean")) == {"conv1", "conv2", "fc1", "fc2", "fc3"}
+
+
+CLOCKED = """
+import os, sys, time
+from graphviz_autograd.store import RunWriter
+w = RunWriter(sys.argv[1], flush_interval=float(sys.argv[2]))
+for step in range(1_000_000):
+    t = time.monotonic()
+    w.add_step(step, wall_time=t, graph_version=None, scalars={"loss": 1.0},
+               stats={"param": [(f"p{k}", {"grad_norm": 1.0}) for k in range(20)]})
+    os.write(1, f"{step} {t}\\n".encode())
+    time.sleep(0.003 if (step // 150) % 2 == 0 else 0.3)     # bursts of fast steps, then slow ones
+"""
+
+
+def test_sigkill_at_random_moments_loses_at_most_one_flush_interval(tmp_path):
+    """Every step logged more than one interval (plus the time a flush takes) before the kill
+    is on disk, whether the writer was busy or idle when it died."""
+    interval, slack = 0.5, 0.3
+    rng = random.Random(int(os.environ.get("GVA_KILL_SEED", random.randrange(1 << 30))))
+    losses = []
+    for k in range(8):
+        run_dir = tmp_path / f"run-{k}"
+        proc = subprocess.Popen([sys.executable, "-c", CLOCKED, str(run_dir), str(interval)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+        try:
+            time.sleep(rng.uniform(1.0, 4.0))
+            killed_at = time.monotonic()
+            proc.send_signal(signal.SIGKILL)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == -signal.SIGKILL, err[-2000:]
+        logged = [(int(a), float(b)) for a, b in (line.split() for line in out.decode().splitlines())]
+        must = [s for s, t in logged if t < killed_at - interval - slack]
+        try:
+            steps = ga.open_run(run_dir).steps()
+        except RunNotFoundError:
+            steps = []
+        assert steps == list(range(len(steps))), "not a prefix"
+        assert not must or steps[-1:] >= must[-1:], f"kill {k}: stored up to {steps[-1:]}, must hold {must[-1]}"
+        lost = [t for s, t in logged if s > (steps[-1] if steps else -1)]
+        losses.append(killed_at - lost[0] if lost else 0.0)
+    print(f"steps of the last ... s before each kill lost: {[round(x, 2) for x in losses]}")
+    assert max(losses) < interval + 1.0

@@ -74,3 +74,25 @@ def test_store_blobs_are_only_packed_number_arrays(tmp_path):
     steps.frombytes(db.execute("SELECT steps FROM chunks").fetchone()[0])
     assert list(steps) == [0, 3]
     assert ga.open_run(tmp_path / "run").loss().values == [1.0, 1.0]
+
+
+HOSTILE_NAMES = ["a\x00b", "\x00", "tab\tand\nnewline", "\x1b[31mred\x1b[0m", "é≠😀", "../../etc/passwd",
+                 "<script>alert(1)</script>", "x" * 1_000_000, " ", "'; DROP TABLE steps; --"]
+
+
+def test_hostile_names_round_trip_exactly_through_the_store(tmp_path):
+    """NUL, control characters, a 1 MB name, SQL and path text: stored and read back as given."""
+    with RunWriter(tmp_path / "run", meta={"names": HOSTILE_NAMES[:5]}) as w:
+        for step in range(3):
+            w.add_step(step, wall_time=0.0, graph_version=None,
+                       scalars={name: float(i) for i, name in enumerate(HOSTILE_NAMES)},
+                       stats={"module": [(name, {"act_mean": float(i)}) for i, name in enumerate(HOSTILE_NAMES)]})
+    run = open_run(tmp_path / "run")
+    assert run.meta["names"] == HOSTILE_NAMES[:5]
+    assert sorted(run.scalar_names()) == sorted(HOSTILE_NAMES)
+    assert run.keys("module") == HOSTILE_NAMES
+    for i, name in enumerate(HOSTILE_NAMES):
+        assert run.series(name).values == [float(i)] * 3
+        assert run.module_series(name).values == [float(i)] * 3
+    assert run.stats_at(2, "module", "act_mean") == {name: float(i) for i, name in enumerate(HOSTILE_NAMES)}
+    assert run.steps() == [0, 1, 2]

@@ -13,16 +13,47 @@ Example:
 """
 from __future__ import annotations
 
+import re
+
 from graphviz_autograd.graph.fold import MODULE_PREFIX, node_module
 from graphviz_autograd.graph.model import Node, NodeKind
 from graphviz_autograd.export.style import human_bytes
 
 
+# dot 2.43 rejects a quoted string over 16,384 bytes: longer text is written as pieces joined
+# with DOT's ``+`` (2,000 characters stay under the limit even fully escaped).
+_PIECE = 2000
+# Characters Graphviz or an SVG (XML) reader cannot take: NUL ends dot's string, other control
+# characters, lone surrogates and U+FFFE/U+FFFF make the SVG unreadable. Shown as \x00, \ud800.
+_UNSAFE = re.compile("[\x00-\x09\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
 def q(text: object) -> str:
-    """Quote ``text`` as a DOT string literal."""
-    s = str(text).replace("\\", "\\\\").replace('"', '\\"')
+    """Quote ``text`` as a DOT string literal (any text: control characters are shown
+    escaped, long text is split into joined pieces).
+
+    Example:
+        >>> print(q('say "hi"\\n'), q("a\\x00b"))
+        "say \\"hi\\"\\n" "a\\\\x00b"
+    """
+    s = str(text)
+    if len(s) > _PIECE:
+        return " + ".join(_quote(s[i:i + _PIECE]) for i in range(0, len(s), _PIECE))
+    return _quote(s)
+
+
+def _quote(s: str) -> str:
+    s = s.replace("\\", "\\\\").replace('"', '\\"')
     s = s.replace("\r", "").replace("\n", "\\n")
+    if _UNSAFE.search(s):
+        s = _UNSAFE.sub(_visible, s)
     return f'"{s}"'
+
+
+def _visible(match: re.Match) -> str:
+    """An unsafe character as the text of its Python escape (a DOT-escaped backslash first)."""
+    code = ord(match.group())
+    return f"\\\\x{code:02x}" if code < 0x100 else f"\\\\u{code:04x}"
 
 
 def lines_label(*parts: str) -> str:

@@ -22,6 +22,7 @@ _DTYPE_NAMES: dict[Any, str] = {}
 _SAVED_ATTRS: dict[type, tuple[str, ...]] = {}     # dir() of a class once (bench_trace.py)
 # Interned metadata: the same few shapes recur all over a graph (bench_trace.py: resnet18, lstm1000).
 _META: dict[tuple, TensorMeta] = {}
+RAGGED = -1   # a dimension that varies inside a nested tensor (or cannot be read) is shown as -1
 
 
 # Nodes whose backward runs ops (and may use parameters) the graph cannot show.
@@ -68,10 +69,50 @@ def meta_of(shape, dtype, device) -> TensorMeta:
     except TypeError:            # symbolic shapes are not hashable
         meta, key = None, None
     if meta is None:
-        meta = TensorMeta(tuple(int(d) for d in shape), _dtype_name(dtype), str(device))
+        meta = TensorMeta(tuple(map(_dim, shape)), _dtype_name(dtype), str(device))
         if key is not None and len(_META) < 100_000:
             _META[key] = meta
     return meta
+
+
+def _dim(d) -> int:
+    try:
+        return int(d)
+    except Exception:  # noqa: BLE001 - a jagged nested tensor's ragged size is a symbol ("j1")
+        return RAGGED
+
+
+def tensor_meta(t: torch.Tensor) -> TensorMeta:
+    """:func:`meta_of` a tensor; a nested tensor's ragged dimensions are :data:`RAGGED`.
+
+    Example:
+        >>> nt = torch.nested.nested_tensor([torch.ones(2, 3), torch.ones(4, 3)])
+        >>> tensor_meta(nt).shape
+        (2, -1, 3)
+    """
+    try:
+        shape = t.shape
+    except RuntimeError:        # a strided nested tensor has no single shape
+        shape = _nested_shape(t)
+    return meta_of(shape, t.dtype, t.device)
+
+
+def _nested_shape(t: torch.Tensor) -> tuple[int, ...]:
+    try:
+        sizes = t._nested_tensor_size().tolist()      # one row of sizes per component
+        return (len(sizes), *(col[0] if len(set(col)) == 1 else RAGGED for col in zip(*sizes)))
+    except Exception:  # noqa: BLE001 - some other tensor without sizes: its rank at least
+        return (RAGGED,) * max(t.dim(), 1)
+
+
+def _input_meta(m) -> TensorMeta:
+    """Metadata of one entry of a node's ``_input_metadata`` (a C++ nested tensor's shape
+    cannot be read from it: one :data:`RAGGED` dimension stands for it)."""
+    try:
+        shape = m.shape
+    except RuntimeError:
+        shape = (RAGGED,)
+    return meta_of(shape, m.dtype, m.device)
 
 
 # -- every node of a walk, as columns -------------------------------------------------
@@ -111,10 +152,13 @@ def read_nodes(fns: list, param_names: dict[int, str], saved: bool) -> NodeColum
     OP, cache = NodeKind.OP, _META
     for i, fn in enumerate(fns):
         outs = []
-        for m in fn._input_metadata:
-            shape, dtype, device = m.shape, m.dtype, m.device
-            meta = cache.get((tuple(shape), dtype, device))
-            outs.append(meta if meta is not None else meta_of(shape, dtype, device))
+        try:
+            for m in fn._input_metadata:
+                shape, dtype, device = m.shape, m.dtype, m.device
+                meta = cache.get((tuple(shape), dtype, device))
+                outs.append(meta if meta is not None else meta_of(shape, dtype, device))
+        except (RuntimeError, TypeError):   # nested tensors: no plain shape (see tensor_meta)
+            outs = [_input_meta(m) for m in fn._input_metadata]
         outputs.append(tuple(outs))
         cls = type(fn)
         op = _OP_NAMES.get(cls) or op_name(fn)
@@ -195,7 +239,7 @@ def raw_saved(fn, sizes: dict[int, int] | None = None):
     tensors: list[tuple] = []
     attrs: list[tuple[str, str]] = []
     names = saved_attrs(fn)
-    if not names and hasattr(fn, "saved_tensors"):   # custom autograd.Function
+    if not names and _has_saved_tensors(fn):   # custom autograd.Function, backward hooks
         names = ("saved_tensors",)
     for attr in names:
         name = attr[len("_saved_"):] if attr.startswith("_saved_") else attr
@@ -216,12 +260,19 @@ def raw_saved(fn, sizes: dict[int, int] | None = None):
     return tuple(tensors), tuple(attrs)
 
 
+def _has_saved_tensors(fn) -> bool:
+    try:
+        return hasattr(fn, "saved_tensors")
+    except RuntimeError:    # freed by backward() (e.g. a full backward hook's node): still saved
+        return True
+
+
 def _saved_tensor(name: str, t: torch.Tensor, sizes: dict[int, int] | None = None) -> tuple:
     """``sizes``: storage address -> size, of storages already seen in this walk (whose
     tensors are all alive, so an address names one storage); skips building a storage
     object when the same storage is saved again (bench_trace.py lstm1000: an RNN saves
     its weight at every step)."""
-    meta = meta_of(t.shape, t.dtype, t.device)
+    meta = tensor_meta(t)
     try:
         ptr = t.data_ptr() - t.storage_offset() * t.element_size()
         nbytes = sizes.get(ptr) if sizes is not None else None

@@ -17,7 +17,7 @@ import torch
 from graphviz_autograd.errors import NotDifferentiableError, TraceInputError, describe
 from graphviz_autograd.graph.model import TensorMeta
 from graphviz_autograd.live import stack
-from graphviz_autograd.live.nodes import meta_of
+from graphviz_autograd.live.nodes import tensor_meta
 
 
 # -- what trace() was given ------------------------------------------------------
@@ -96,7 +96,7 @@ def walk_graph(roots: list[tuple[str, torch.Tensor]]) -> Walked:
             index[fn] = len(fns)
             fns.append(fn)
         root_refs.append((name, index[fn], t.output_nr if t.grad_fn is not None else 0,
-                          meta_of(t.shape, t.dtype, t.device)))
+                          tensor_meta(t)))
     todo = list(reversed(range(len(fns))))
     visited = [False] * len(fns)
     while todo:

@@ -283,6 +283,7 @@ class Recorder:
             for i, g in enumerate(groups):
                 if "lr" in g and f"lr/{i}" not in row:
                     row["lr" if len(groups) == 1 else f"lr/{i}"] = float(g["lr"])
+        logged = False
         try:
             version, rows = None, None
             watch = incidents.stop_forward_watch() if incidents is not None else None
@@ -295,11 +296,13 @@ class Recorder:
                 finished = self._follow_incidents(step, triggers, watch, rows)
             self._writer.add_step(step, wall_time=time.time(), graph_version=version,
                                   scalars=row, stats=rows)
+            logged = True
         finally:
             self._capture.close()
             self._reset_step()
             self._logged += 1
-            self._last_step = step
+            if logged:                  # a refused step does not count as the last one logged
+                self._last_step = step
             if self._recording_this_step() != self._armed:
                 self._arm()
             if self._armed:

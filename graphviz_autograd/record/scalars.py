@@ -21,7 +21,13 @@ def scalar_value(name: str, value) -> float:
             raise ConfigError(f"log(..., {name}=...) cannot read the value of "
                               f"{describe(value)}: {exc}; log a number") from exc
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:   # an int beyond float64, e.g. 10**400
+            digits = int(value.bit_length() * 0.30103) + 1
+            raise ConfigError(f"log(..., {name}=<an integer of about {digits} digits>) is too "
+                              f"large for a float64 (|value| < 1.8e308); log a smaller value, e.g. "
+                              f"its logarithm") from None
     try:
         import numpy as np
         if isinstance(value, np.generic) and value.size == 1:

@@ -1,8 +1,10 @@
 """The run store: per-step training records in SQLite, written and read live (no torch).
 
 ``schema`` (files, tables, checks), ``chunks`` (packed statistics), ``writer``
-(:class:`RunWriter`, one per rank), ``reader`` (:class:`RankReader`) and ``run``
-(:class:`Run`, :func:`open_run`).
+(:class:`RunWriter`, one per rank) with ``buffer`` (what a flush takes), ``flusher`` (the
+background thread), ``lock`` (one writer per store), ``files`` (creating a store) and ``wal``
+(a deleted ``-wal``); ``reader`` (:class:`RankReader`) with ``connect`` (read-only media) and
+``run`` (:class:`Run`, :func:`open_run`).
 """
 from graphviz_autograd.store.reader import RankReader
 from graphviz_autograd.store.run import Run, open_run

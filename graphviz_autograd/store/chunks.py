@@ -1,4 +1,4 @@
-"""Statistic chunks: the run store's column layout (stdlib only).
+"""Statistic chunks: the run store's column layout (no torch, no NumPy).
 
 The store keeps, per key (one parameter, node or module), its statistics in
 *chunks*: one SQLite row holds a run of steps as packed little-endian arrays,
@@ -25,6 +25,8 @@ import sys
 from array import array
 from bisect import bisect_left
 
+from graphviz_autograd.store.schema import Damaged
+
 MISSING = struct.pack("<Q", 0x7FF8_0000_DEAD_BEEF)     # a quiet NaN with our payload
 _MISSING_FLOAT = struct.unpack("<d", MISSING)[0]
 _BIG_ENDIAN = sys.byteorder == "big"
@@ -38,6 +40,8 @@ def _to_bytes(arr: array) -> bytes:
 
 
 def _from_bytes(code: str, blob: bytes) -> array:
+    if blob.__class__ is not bytes or len(blob) % 8:
+        raise Damaged(_not_packed(blob))
     arr = array(code)
     arr.frombytes(blob)
     if _BIG_ENDIAN:  # pragma: no cover
@@ -82,7 +86,16 @@ def unpack_values(blob: bytes) -> list:
 
 def value_at(blob: bytes, i: int) -> float | None:
     raw = blob[8 * i:8 * i + 8]
+    if raw.__class__ is not bytes or len(raw) != 8:
+        raise Damaged(f"{_not_packed(blob)} (no value at position {i})")
     return None if raw == MISSING else _DOUBLE.unpack(raw)[0]
+
+
+def _not_packed(blob) -> str:
+    if isinstance(blob, (bytes, str)):
+        return (f"a statistics chunk holds {type(blob).__name__} of {len(blob)} bytes where packed "
+                f"8-byte numbers belong (cut short?)")
+    return f"a statistics chunk holds {type(blob).__name__} {blob!r:.40} where packed numbers belong"
 
 
 def index_of(steps_blob: bytes, step: int) -> int | None:
@@ -100,6 +113,8 @@ def series_of(rows) -> tuple[list[int], list[float]]:
     for steps_blob, values_blob in rows:
         s = unpack_steps(steps_blob).tolist()
         v = unpack_values(values_blob)
+        if len(s) != len(v):
+            raise Damaged(f"a statistics chunk holds {len(v)} values for {len(s)} steps (cut short?)")
         if None in v:
             pairs = [(a, b) for a, b in zip(s, v) if b is not None]
             s, v = [a for a, _ in pairs], [b for _, b in pairs]

@@ -4,14 +4,22 @@ SQLite in WAL mode: readers never block the writer and see whole flushes only
 (never half a step). Reading one key's series over 100,000 steps reads a few
 hundred chunk rows (bench_store.py: ~10 ms). Stores of schema 1 (one row per key
 and step) are still read.
+
+Stores on read-only media open too (``connect.py``). A read that fails because
+the store's ``-wal`` was deleted under a live writer reopens the store once and
+else explains; a damaged store raises :class:`StoreError` naming the file and
+what is damaged, from every method, never a ``TypeError`` or ``struct.error``.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import threading
-from contextlib import contextmanager
+import time
+import weakref
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,34 +27,38 @@ from graphviz_autograd.errors import GraphvizAutogradError, StoreError
 from graphviz_autograd.graph.model import Graph
 from graphviz_autograd.graph.serialize import from_json
 from graphviz_autograd.store import chunks, spread
-from graphviz_autograd.store.schema import (BUSY_TIMEOUT_S, STATS, STORE_GLOB, GraphVersion,
-                                            Incident, Series, check_kind, check_stat, check_store, Closing,
-                                            decode)
+from graphviz_autograd.store.connect import SHARED, explain, open_for_reading
+from graphviz_autograd.store.schema import (STATS, STORE_GLOB, Closing, Damaged, GraphVersion,
+                                            Incident, Series, check_kind, check_stat, check_store,
+                                            decode, typed_reads)
+from graphviz_autograd.store.wal import side_identity
+
+SIDE_CHECK_S = 1.0     # how often a reader looks whether the store's -wal/-shm were replaced
 
 
 class RankReader(Closing):
     """Read-only view of one rank's store, cheap to poll while the writer writes.
 
     The connection stays open; each public method sees one consistent snapshot.
-    Methods may be called from several threads (they are serialized).
+    Methods may be called from several threads (they are serialized). :attr:`mode`
+    says how the store was opened: ``'shared'`` (beside its writer), ``'immutable'``
+    or ``'copy'`` (on read-only media, see ``connect.py``).
 
     Raises:
-        StoreError: The file is not a run store (SchemaVersionError: a newer one).
+        StoreError: The file is not a run store or is damaged (SchemaVersionError: a newer
+            one); every method raises it for a damaged store too.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.file = self.path = Path(path)
         self._lock = threading.RLock()
-        try:
-            self._conn = sqlite3.connect(self.file.resolve().as_uri() + "?mode=ro", uri=True,
-                                         isolation_level=None, timeout=BUSY_TIMEOUT_S,
-                                         check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open run store {self.file}: {exc}") from exc
+        self._depth = 0                 # > 0 inside a snapshot (no reopening there)
+        self._copy_dir: str | None = None
+        self._conn = self._open()
         try:
             self.meta: dict[str, Any] = check_store(self._conn, self.file)
         except StoreError:
-            self._conn.close()
+            self.close()
             raise
         self.rank: int = int(self.meta.get("rank", 0))
         self._chunked = int(self.meta.get("schema_version", 1)) >= 2
@@ -55,22 +67,67 @@ class RankReader(Closing):
         self._key_ids: dict[tuple[str, str], int] = {}
         self._max_key_id = 0
 
+    def _open(self) -> sqlite3.Connection:
+        try:
+            opened = open_for_reading(self.file)
+        except sqlite3.Error as exc:
+            raise self._error(exc, "cannot open") from exc
+        except OSError as exc:          # copying a store off read-only media
+            raise StoreError(f"cannot open run store {self.file}: {exc}") from exc
+        self.mode = opened.mode
+        self._sides = side_identity(self.file) if opened.mode == SHARED else None
+        self._sides_checked = time.monotonic()
+        if opened.copy_dir:
+            self._copy_dir = opened.copy_dir
+            weakref.finalize(self, shutil.rmtree, opened.copy_dir, ignore_errors=True)
+        return opened.conn
+
+    def _error(self, exc: sqlite3.Error, doing: str = "cannot read") -> StoreError:
+        return explain(exc, self.file, getattr(self, "mode", SHARED), doing)
+
     def _fetch(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
+            if self._sides is not None and not self._depth and self._sides_replaced():
+                self._reopen()          # the -wal/-shm we use were deleted: follow the new ones
+            try:
+                return self._conn.execute(sql, args).fetchall()
+            except (sqlite3.ProgrammingError, sqlite3.InterfaceError) as exc:
+                raise self._error(exc) from exc      # a closed reader, an argument SQLite cannot bind
+            except sqlite3.Error as exc:
+                if self._depth:                      # the snapshot is gone: no silent reopening
+                    raise self._error(exc) from exc
+            self._reopen()      # e.g. the -wal was replaced under a persistent connection
             try:
                 return self._conn.execute(sql, args).fetchall()
             except sqlite3.Error as exc:
-                raise StoreError(f"cannot read run store {self.file}: {exc}") from exc
+                raise self._error(exc) from exc
+
+    def _sides_replaced(self) -> bool:
+        """Whether the store's -wal/-shm are other files than at open (checked once a second)."""
+        now = time.monotonic()
+        if now - self._sides_checked < SIDE_CHECK_S:
+            return False
+        self._sides_checked = now
+        current = side_identity(self.file)
+        return None not in current and current != self._sides
+
+    def _reopen(self) -> None:
+        with suppress(sqlite3.Error):
+            self._conn.close()
+        self._conn = self._open()
 
     @contextmanager
     def _snapshot(self) -> Iterator[None]:
         """Run several queries against one snapshot (one read transaction)."""
         with self._lock:
             self._fetch("BEGIN")
+            self._depth += 1
             try:
                 yield
             finally:
-                self._conn.execute("COMMIT")
+                self._depth -= 1
+                with suppress(sqlite3.Error):
+                    self._conn.execute("COMMIT")
 
     def _refresh_keys(self) -> None:
         for key_id, kind, name in self._fetch("SELECT id, kind, name FROM keys WHERE id > ? "
@@ -183,7 +240,12 @@ class RankReader(Closing):
         """Graph ``version`` (latest when None) as a :class:`~graphviz_autograd.graph.Graph`."""
         version = self._resolve_version(version)
         if version not in self._graphs:
-            self._graphs[version] = from_json(self.graph_json(version))
+            text = self.graph_json(version)
+            try:
+                self._graphs[version] = from_json(text)
+            except (ValueError, TypeError, RecursionError) as exc:
+                raise Damaged(f"its graph version {version} is not a readable graph "
+                              f"({type(exc).__name__}: {str(exc)[:200]})") from exc
         return self._graphs[version]
 
     def graph_at(self, step: int) -> Any:
@@ -346,9 +408,17 @@ class RankReader(Closing):
         return names, steps, grid
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (and remove the private copy of a ``'copy'`` open)."""
         with self._lock:
-            self._conn.close()
+            with suppress(sqlite3.Error):
+                self._conn.close()
+            if self._copy_dir:
+                shutil.rmtree(self._copy_dir, ignore_errors=True)
+
+
+for _name, _method in list(vars(RankReader).items()):   # a damaged store: StoreError from every read
+    if not _name.startswith("_") and _name != "close" and callable(_method):
+        setattr(RankReader, _name, typed_reads(_method))
 
 
 class UnknownSeriesError(StoreError, KeyError):
@@ -377,7 +447,7 @@ def _close(name: str, known, listed: bool = False) -> str:
 
 def _to_series(rows: list[tuple]) -> Series:
     return Series([row[0] for row in rows],
-                  [v if v.__class__ is float else float(v) for _, v in rows])
+                  [v if v.__class__ is float else decode(v) for _, v in rows])
 
 
 def _downsample(steps: list[int], max_steps: int | None) -> list[int]:

@@ -12,8 +12,10 @@ None. Infinities are ordinary REAL values.
 """
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
+import struct
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -110,7 +112,12 @@ def stat_value(value: Any) -> float | None:
 
 
 def decode(value: float | str | None) -> float | None:
-    return value if value is None or value.__class__ is float else float(value)
+    """A stored scalar back to a float (``'NaN'`` -> NaN); Damaged for anything else."""
+    if value is None or value.__class__ is float:
+        return value
+    if value == _NAN or value.__class__ is int:
+        return float(value)
+    raise Damaged(f"a scalar value is {type(value).__name__} {value!r:.40}, not a number")
 
 
 def check_stat(stat: str) -> str:
@@ -127,11 +134,6 @@ def check_kind(kind: str) -> str:
             raise StoreError(f"unknown key kind {kind!r}; valid kinds: {', '.join(KINDS)}, or "
                              f"'<kind>@<{'|'.join(SPREADS)}>' and '<kind>@rank<r>' in a gathered run")
     return kind
-
-
-def remove_store_files(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 class Closing:
@@ -152,27 +154,129 @@ def meta_rows(meta: dict[str, Any], rank: int, world_size: int) -> list[tuple[st
     info = {"schema_version": STORE_SCHEMA_VERSION, "format": STORE_FORMAT, "rank": rank,
             "world_size": world_size, "created": time.time(), **meta}
     try:
-        return [(str(key), json.dumps(value)) for key, value in info.items()]
-    except (TypeError, ValueError) as exc:
+        return [(text(str(key), "meta key"), json.dumps(value)) for key, value in info.items()]
+    except (TypeError, ValueError, RecursionError) as exc:
         raise StoreError(f"run meta must be JSON-serializable: {exc}. Fix: convert values to "
                          f"str, numbers, lists or dicts") from exc
+
+
+class Damaged(ValueError):
+    """Stored data that cannot be decoded (raised inside the store; readers turn it into a
+    :class:`StoreError` naming the file)."""
+
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def int64(value: Any, what: str) -> int:
+    """``value`` as an int that SQLite and the packed steps can hold, else a StoreError naming it."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise StoreError(f"{what} must be an integer, got {_short(value)}")
+    value = value.__index__()
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise StoreError(f"{what}={_short(value)} does not fit a signed 64-bit integer (|value| < 2**63). "
+                         f"Fix: number steps from 0 upwards (a global step counter)")
+    return value
+
+
+def float64(value: Any, what: str) -> float:
+    """``value`` as a float, else a StoreError naming it (``10**400`` overflows, ``'x'`` is no number)."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise StoreError(f"{what}: {_short(value)} is too large for a float64 (|value| < 1.8e308). "
+                         f"Fix: log a smaller value, e.g. its logarithm") from None
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{what} must be a number or None, got {_short(value)} ({exc})") from None
+
+
+def text(value: Any, what: str) -> str:
+    """``value`` as text SQLite can store (a str encodable as UTF-8), else a StoreError."""
+    if not isinstance(value, str):
+        raise StoreError(f"{what} must be a str, got {type(value).__name__} {_short(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise StoreError(f"{what} {value!r:.80} cannot be stored as UTF-8 text ({exc.reason} at "
+                         f"position {exc.start}). Fix: remove lone surrogates from the name") from None
+    return value
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10 ** 30:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    try:
+        shown = repr(value)
+    except Exception:  # noqa: BLE001 - a hostile repr
+        shown = f"<{type(value).__name__} object>"
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+DAMAGED_FIX = ("Fix: if it is a copy, copy it again, else restore it from a backup (see the damage "
+               "with: sqlite3 FILE 'PRAGMA integrity_check'); a file that is no run store: open "
+               "a run directory the recorder wrote")
+
+
+def read_meta(conn: sqlite3.Connection, path: Path) -> tuple[int, dict[str, Any]]:
+    """``(user_version, meta)`` of an open store; Damaged for meta rows that cannot be ours."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    meta: dict[str, Any] = {}
+    if version > STORE_SCHEMA_VERSION:
+        return version, meta
+    for key, value in conn.execute("SELECT key, value FROM meta"):
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise Damaged(f"its meta row {key!r:.40} holds {type(value).__name__} "
+                          f"{value!r:.40} where JSON text belongs")
+        try:
+            meta[key] = json.loads(value)
+        except (ValueError, RecursionError) as exc:
+            raise Damaged(f"its meta value of {key!r:.40} is not JSON ({type(exc).__name__})") from None
+    for key in ("schema_version", "rank", "world_size"):
+        if key in meta and (isinstance(meta[key], bool) or not isinstance(meta[key], int)):
+            raise Damaged(f"its meta {key} is {meta[key]!r:.40}, not an integer")
+    return version, meta
 
 
 def check_store(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
     """Validate an open store and return its meta; raise a clear error if it is not ours."""
     try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > STORE_SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"{path} has store schema version {version}, but this graphviz-autograd reads "
-                f"version {STORE_SCHEMA_VERSION} at most. {_UPGRADE_FIX}.")
-        meta = {key: json.loads(value) for key, value in conn.execute("SELECT key, value FROM meta")}
-    except (sqlite3.DatabaseError, ValueError) as exc:
-        raise StoreError(f"{path} is not a readable graphviz-autograd run store ({exc}). Fix: point "
-                         f"at a run directory written by RunWriter, or delete the file") from exc
+        version, meta = read_meta(conn, path)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is not a readable graphviz-autograd run store ({exc}). "
+                         f"{DAMAGED_FIX.replace('FILE', str(path))}") from exc
+    except Damaged as exc:
+        raise StoreError(f"{path} is not a readable graphviz-autograd run store: {exc}. "
+                         f"{DAMAGED_FIX.replace('FILE', str(path))}") from exc
+    if version > STORE_SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"{path} has store schema version {version}, but this graphviz-autograd reads "
+            f"version {STORE_SCHEMA_VERSION} at most. {_UPGRADE_FIX}.")
     if version < 1 or meta.get("format") != STORE_FORMAT:
         raise StoreError(f"{path} is an SQLite file but not a graphviz-autograd run store "
-                         f"(format={meta.get('format')!r}). Fix: delete it or use another run dir")
+                         f"(format={meta.get('format')!r:.60}). Fix: use another run directory, or "
+                         f"move that file away")
     return meta
 
 
+# Reading a stored value that cannot be decoded: these, from any public method, mean damage.
+_DECODE_ERRORS = (Damaged, ValueError, TypeError, struct.error, RecursionError, OverflowError,
+                  IndexError, KeyError)
+
+
+def typed_reads(method):
+    """``method`` raising :class:`StoreError` (naming the file) for any damage it meets."""
+    @functools.wraps(method)
+    def read(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except StoreError:
+            raise
+        except _DECODE_ERRORS as exc:
+            what = str(exc) if isinstance(exc, Damaged) else (
+                f"{method.__name__}() met a stored value it cannot decode: {type(exc).__name__}: "
+                f"{str(exc)[:200]}")
+            raise StoreError(f"cannot read run store {self.file}: it is damaged: {what}. "
+                             f"{DAMAGED_FIX.replace('FILE', str(self.file))}") from exc
+    return read
