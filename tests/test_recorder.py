@@ -297,3 +297,40 @@ def test_a_reader_process_sees_growing_steps_while_training(tmp_path):
     counts = [int(c) for c in out.split()]
     assert counts == sorted(counts) and counts[-1] == 250
     assert len(set(counts)) >= 3
+
+
+def test_two_recorders_logging_in_turn_take_only_their_own_models_nodes(tmp_path):
+    """Two models trained in turn on one thread (a GAN's halves, teacher and student): each
+    Recorder's graph and node statistics are its model's alone, every recorded step has its
+    node rows, and the node-creation hook is gone once both are closed."""
+    from graphviz_autograd.live import instrument as live_instrument
+
+    torch.manual_seed(0)
+    nets = {"a": nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)),
+            "b": nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 2), nn.Sigmoid())}
+    opts = {k: torch.optim.SGD(n.parameters(), lr=0.1) for k, n in nets.items()}
+    recs = {k: ga.Recorder(n, tmp_path / k, optimizer=opts[k], every=2, record=["params", "nodes"])
+            for k, n in nets.items()}
+    try:
+        for step in range(6):
+            for k, net in nets.items():
+                opts[k].zero_grad()
+                loss = net(torch.randn(8, 6)).pow(2).mean()
+                loss.backward()
+                opts[k].step()
+                recs[k].log(step, loss=loss)
+    finally:
+        for rec in recs.values():
+            rec.close()
+    assert live_instrument._HOOKS.fns == [] and not live_instrument._HOOKS.pushed
+    for k, net in nets.items():
+        run = ga.open_run(tmp_path / k)
+        graph = run.graph_at(4)
+        ops = sorted(n.op for n in graph.nodes if n.kind.name == "OP")
+        own = sorted(n.op for n in ga.trace(net(torch.randn(2, 6)).pow(2).mean(), model=net).nodes
+                     if n.kind.name == "OP")
+        assert ops == own
+        assert {n.param for n in graph.nodes if n.kind.name == "PARAM"} == {name for name, _ in net.named_parameters()}
+        for step in (0, 2, 4):
+            table = run.stats_table_at(step, "node", ("grad_norm",))["grad_norm"]
+            assert len(table) == len(ops), (k, step, table)

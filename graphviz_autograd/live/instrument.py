@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Callable, Iterator
 
 import torch
@@ -21,17 +22,51 @@ from graphviz_autograd.live.frames import user_frame
 from graphviz_autograd.live.modules import ModuleTracker
 
 
-def push_node_hook(fn: Callable) -> None:
-    """Call ``fn(node)`` for every autograd node this thread creates, until :func:`pop_node_hook`.
+class _Hooks(threading.local):
+    def __init__(self) -> None:
+        self.fns: list[Callable] = []
+        self.pushed = False
 
-    (``torch.autograd.graph.node_creation_hook`` as a push/pop pair, for owners whose
-    capture does not fit one ``with`` block.)
+
+_HOOKS = _Hooks()
+
+
+def _dispatch(node) -> None:
+    for fn in tuple(_HOOKS.fns):
+        fn(node)
+
+
+class NodeHook:
+    """Handle of :func:`add_node_hook`; :meth:`remove` stops the calls (from any thread)."""
+
+    def __init__(self, fn: Callable, fns: list) -> None:
+        self.fn, self._fns = fn, fns
+
+    def remove(self) -> None:
+        fns = self._fns
+        if any(f is self.fn for f in fns):
+            fns.remove(self.fn)
+        if not fns and fns is _HOOKS.fns and _HOOKS.pushed:
+            torch._C._autograd._pop_node_creation_hook()
+            _HOOKS.pushed = False
+
+
+def add_node_hook(fn: Callable) -> NodeHook:
+    """Call ``fn(node)`` for every autograd node this thread creates, until the returned
+    handle's ``remove()``.
+
+    Owners may open and close in any order (two Recorders in one process): one
+    node-creation hook of PyTorch's per thread calls them all, pushed with the first
+    and popped with the last (PyTorch's own hooks are a stack: popping removes the
+    newest, whoever pushed it). An owner removed from another thread leaves that
+    thread's hook calling nobody until the thread adds one again.
     """
-    torch._C._autograd._push_node_creation_hook(fn)
-
-
-def pop_node_hook() -> None:
-    torch._C._autograd._pop_node_creation_hook()
+    state = _HOOKS
+    if not state.pushed:
+        torch._C._autograd._push_node_creation_hook(_dispatch)
+        state.pushed = True
+    state.fns.append(fn)
+    return NodeHook(fn, state.fns)
 
 
 class Instrumentation:

@@ -9,7 +9,7 @@ from __future__ import annotations
 MODULE_KEY = "graphviz_autograd"            # (module path, "file.py:line")
 CALL_KEY = "graphviz_autograd.call"         # which call of its module created the node (1, 2, ...)
 SAVED_KEY = "graphviz_autograd.saved"       # saved-tensor details read at creation
-SLOT_KEY = "graphviz_autograd.slot"         # the recorder's statistics slot of this node
+SLOT_KEY = "graphviz_autograd.slot"         # + ".<n>": recorder capture n took this node (its slot)
 
 # Reading node.metadata costs a dict per node; the tracer reads tags only once some
 # instrumented block has run in this process (bench_trace.py: the untagged walk).

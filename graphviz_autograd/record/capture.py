@@ -7,9 +7,15 @@ the model's forward starts on another thread) and closes at ``log()``, so a forw
 a submodule, ``optimizer.step(closure)`` and gradient accumulation are all inside it. The
 capture owns the node-creation hook and every node hook it registers, and removes them in
 :meth:`Capture.close`.
+
+A capture takes only its model's nodes: those created inside the model's forward, the
+gradient accumulators of its parameters, and ops outside it with an input it took (the
+loss). Another model trained in the same process (a GAN's other half, a second Recorder)
+is not mixed in; each capture marks its nodes under its own metadata key.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 import warnings
 from typing import Callable
@@ -18,12 +24,13 @@ import torch
 
 from graphviz_autograd.live import tags
 from graphviz_autograd.live.frames import user_frame
-from graphviz_autograd.live.instrument import pop_node_hook, push_node_hook
+from graphviz_autograd.live.instrument import add_node_hook
 from graphviz_autograd.live.modules import ModuleTracker
 from graphviz_autograd.live.nodes import op_name, raw_saved
 from graphviz_autograd.record import stats
 
 MAX_SLOTS = 1_000_000
+_CAPTURES = itertools.count(1)
 _ACT_OPS = ("ReluBackward", "SigmoidBackward", "TanhBackward")
 
 
@@ -44,8 +51,12 @@ class Capture:
     """
 
     def __init__(self, tracker: ModuleTracker | None, *, record_nodes: bool, record_acts: bool,
-                 source: bool, on_error: Callable[[Exception], None]):
+                 source: bool, on_error: Callable[[Exception], None],
+                 params: Callable[[], object] = tuple):
         self.tracker = tracker
+        self.params = params
+        self.key = f"{tags.SLOT_KEY}.{next(_CAPTURES)}"     # this capture's mark and slot
+        self.param_ids: set[int] = set()
         self.record_nodes, self.record_acts, self.source = record_nodes, record_acts, source
         self.on_error = on_error
         self.details: list = []     # per creation index: (op, module, source, saved, tag) last seen
@@ -60,6 +71,7 @@ class Capture:
         self.n_nodes = 0            # nodes created in this capture
         self.node_acts: dict = {}   # node slot -> activation row (ReLU/sigmoid/tanh outputs)
         self.node_handles: list = []
+        self.hook = None
         self.acts: dict[str, list] = {}     # module -> activation rows of its calls
         self.output = None          # the model's last forward output: a root when log() gets no loss
 
@@ -73,16 +85,20 @@ class Capture:
         if self.tracker is not None:
             self.tracker.calls.clear()      # call numbers count within this step
         self.new_path = False
-        push_node_hook(self.on_node)
+        try:
+            self.param_ids = {id(p) for p in self.params()}
+        except Exception as exc:  # noqa: BLE001 - e.g. a model mid-change: ops still taken by input
+            self.on_error(exc)
+        self.hook = add_node_hook(self.on_node)
 
     def close(self) -> None:
         """Stop capturing; remove the node-creation hook and every node hook."""
-        if self.capturing and self.thread == threading.get_ident():
-            pop_node_hook()
-        elif self.capturing:
+        if self.capturing and self.thread != threading.get_ident():
             warnings.warn("Recorder: log() was called on another thread than the one the capture "
-                          "started on; the node creation hook stays on that thread until it exits",
-                          RuntimeWarning, stacklevel=3)
+                          "started on; that thread keeps an idle node creation hook until it "
+                          "records again", RuntimeWarning, stacklevel=3)
+        if self.hook is not None:
+            self.hook.remove()
         for h in self.node_handles:
             h.remove()
         self.reset()
@@ -97,12 +113,17 @@ class Capture:
                 return
             tracker = self.tracker
             stack = tracker.stack if tracker is not None else ()
-            module = stack[-1] if stack else ""
             name = op_name(node)
+            meta = node.metadata
+            if not stack and not self._owns(node, name):
+                return                  # another model's node (or an op on plain inputs)
+            meta[self.key] = -1
+            module = stack[-1] if stack else ""
             k = self.n_nodes
             self.n_nodes = k + 1
-            meta = node.metadata
-            meta[tags.CALL_KEY] = tracker.call_stack[-1] if stack else 0
+            shared = stack or tags.MODULE_KEY not in meta   # a module's tag is kept over ours
+            if shared:
+                meta[tags.CALL_KEY] = tracker.call_stack[-1] if stack else 0
             details = self.details
             known = details[k] if k < len(details) else None
             if self.new_path or known is None or known[0] != name or known[1] != module:
@@ -113,7 +134,8 @@ class Capture:
                 if k >= len(details):
                     details.extend([None] * (k + 1 - len(details)))
                 details[k] = known
-            meta[tags.MODULE_KEY] = known[4]
+            if shared:
+                meta[tags.MODULE_KEY] = known[4]
             if name == "AccumulateGrad":
                 return
             if known[3] is not None:
@@ -123,7 +145,7 @@ class Capture:
                 return
             slot = len(slots)
             slots.append(None)
-            meta[tags.SLOT_KEY] = slot
+            meta[self.key] = slot
             self.node_handles.append(node.register_prehook(self._grad_hook(slot)))
             if self.record_acts and name.startswith(_ACT_OPS):
                 result = getattr(node, "_saved_result", None)
@@ -131,6 +153,19 @@ class Capture:
                     self.node_acts[slot] = stats.act_row(result, stats.saturation_kind(name))
         except Exception as exc:  # noqa: BLE001 - a recorder must never break training
             self.on_error(exc)
+
+    def _owns(self, node, name: str) -> bool:
+        """Whether a node created outside the model's forward is this capture's: a gradient
+        accumulator of one of its parameters, or an op with an input this capture took."""
+        if name == "AccumulateGrad":
+            return id(getattr(node, "variable", None)) in self.param_ids
+        key = self.key
+        for nxt, _ in node.next_functions:
+            if nxt is not None:
+                meta = nxt.metadata
+                if key in meta:
+                    return True
+        return False
 
     def _read_details(self, node, name: str, module: str) -> tuple:
         """(op, module, source, saved, tag) of a node on a new code path; a detail that cannot

@@ -166,7 +166,8 @@ class Recorder:
             on_enter=None if self._wrapped else self._on_forward_start,
             on_exit=None if self._wrapped else self._on_forward_end)
         self._capture = Capture(self._tracker, record_nodes="nodes" in self.record,
-                                record_acts=record_acts, source=source, on_error=self._hook_failed)
+                                record_acts=record_acts, source=source, on_error=self._hook_failed,
+                                params=self._named.parameters)
         self._incidents = None
         if incidents is not False:
             options = incidents if isinstance(incidents, IncidentOptions) else IncidentOptions()
@@ -421,12 +422,14 @@ class Recorder:
                                        f"statistics were recorded. Pass loss=<the loss tensor>")
             return None, slot_ids
 
+        slot_key = self._capture.key
+
         def visit(fn, node_id):
             if fn in interest:
                 self._node_ids[fn] = node_id
             meta = fn.metadata
-            slot = meta.get(tags.SLOT_KEY) if meta else None
-            if slot is not None:
+            slot = meta.get(slot_key) if meta else None
+            if slot is not None and slot >= 0:
                 slot_ids[slot] = node_id
         try:
             graph = trace_nodes(root, model=self._named, saved=True, visit=visit)
