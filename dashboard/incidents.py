@@ -165,11 +165,14 @@ def choose_row(src: DataSource, trigger, clicks, latest):
 
 
 def choose_marker(src: DataSource, loss_click, latest):
-    """INCIDENT store from a click on an incident's marker (the step follows through
-    :func:`dashboard.callbacks.pick_step`, like any click on the loss curve)."""
-    point = ((loss_click or {}).get("points") or [{}])[0]
-    custom = point.get("customdata")
-    chosen, _picked = _chosen(read_rows(src, latest), custom if isinstance(custom, int) else None, latest)
+    """INCIDENT store from a click on an incident's marker, or on the loss point under it (the
+    step follows through :func:`dashboard.callbacks.pick_step`, as for any click on the curve)."""
+    rows = read_rows(src, latest)
+    points = (loss_click or {}).get("points") or []
+    index = next((p["customdata"] for p in points if isinstance(p.get("customdata"), int)), None)
+    if index is None and points:
+        index = next((i for i, r in enumerate(rows) if r["step"] == points[0].get("x")), None)
+    chosen, _picked = _chosen(rows, index, latest)
     return chosen
 
 

@@ -27,7 +27,8 @@ STATS = ("grad_norm", "grad_absmax", "grad_zero_frac", "param_norm", "update_rat
 DETAIL_STATS = ("grad_norm", "grad_absmax", "grad_nan", "grad_inf", "param_norm", "update_ratio")
 HIDDEN, SHOWN = "gva-card gva-spread gva-hidden", "gva-card gva-spread"
 READ_ERRORS = (GraphvizAutogradError, KeyError, OSError, ValueError)   # as dashboard.callbacks
-HINT = "Click a red outlier marker to see that rank's own statistics at that step."
+HINT = ("Click a red outlier marker (or the band's edge) to see that rank's own statistics "
+        "at that step.")
 
 
 def section() -> html.Section:
@@ -131,12 +132,18 @@ def figure(src: DataSource, latest, key, stat, state):
 
 
 def detail(src: DataSource, click, latest, key):
-    """A clicked outlier's statistics at its step, or why they are not there."""
+    """A clicked outlier's (or band edge's) rank: its statistics at that step, or why they are
+    not there."""
     point = ((click or {}).get("points") or [{}])[0]
     custom = point.get("customdata")
-    if not latest or not (isinstance(custom, list) and len(custom) == 2):
+    if isinstance(custom, list) and len(custom) == 2:          # an outlier marker
+        step, rank = int(custom[0]), int(custom[1])
+    elif isinstance(custom, str) and custom.isdigit() and isinstance(point.get("x"), int):
+        step, rank = point["x"], int(custom)                   # the band's edge: the rank there
+    else:
         return no_update
-    step, rank = int(custom[0]), int(custom[1])
+    if not latest:
+        return no_update
     run = src.run(latest["run"])
     try:
         flags = [o for o in run.outliers(step) if o.rank == rank]
@@ -146,14 +153,15 @@ def detail(src: DataSource, click, latest, key):
         return html.P(f"cannot read rank {rank} at step {step}: {exc}", className="gva-hint")
     children: list = [html.H4(f"rank {rank} at step {step}")]
     children += [html.P(f.why, className="gva-spread-why") for f in flags]
-    rows = [html.Tr([html.Th("loss"), html.Td(fmt_value(loss))])] if loss is not None else []
-    rows += [html.Tr([html.Th(stat), html.Td(fmt_value(values[key]))])
-             for stat, values in table.items() if key in values]
+    if loss is not None:
+        children.append(html.P(f"its loss: {fmt_value(loss)}"))
+    rows = [html.Tr([html.Th(stat), html.Td(fmt_value(values[key]))])
+            for stat, values in table.items() if key in values]
     if rows:
         children += [html.P(f"{key}, this rank's own values:", className="gva-hint"),
                      html.Table(html.Tbody(rows), className="gva-props")]
     else:
-        children.append(html.P(f"rank {rank}'s statistics at step {step} were not stored: the run "
-                               "keeps one rank's detail only for detail_ranks and for outliers at "
-                               "recorded steps.", className="gva-spread-missing"))
+        children.append(html.P(f"rank {rank}'s statistics of {key} at step {step} were not stored: "
+                               "the run keeps one rank's statistics only for detail_ranks and for "
+                               "outliers at recorded steps.", className="gva-spread-missing"))
     return children

@@ -1,7 +1,7 @@
 /* graphviz-autograd dashboard: outline the nodes of the chosen incident in the graph (class
  * "incident", a thick red border from the stylesheet). Runs again after every paint, since a
  * new graph or folding replaces the elements. The container's data-incident attribute lists
- * the outlined ids (what tests and people can read back). */
+ * the outlined ids and data-incident-step the incident's step (what tests can read back). */
 (function () {
   "use strict";
   function outline(chosen, _painted) {
@@ -10,7 +10,8 @@
     var cy = el && el._cyreg && el._cyreg.cy;
     if (!cy) { return noUpdate; }
     var ids = (chosen && chosen.ids) || [];
-    if (chosen && chosen.key && cy.scratch("_gvaKey") !== chosen.key) { ids = []; }  // not drawn yet
+    var step = chosen && chosen.step !== undefined ? String(chosen.step) : "";
+    if (chosen && chosen.key && cy.scratch("_gvaKey") !== chosen.key) { ids = []; step = ""; }  // not drawn yet
     var done = [];
     cy.batch(function () {
       cy.nodes(".incident").removeClass("incident");
@@ -20,6 +21,7 @@
       });
     });
     el.setAttribute("data-incident", done.join(" "));
+    el.setAttribute("data-incident-step", step);
     return done.join(" ");
   }
   window.dash_clientside = Object.assign({}, window.dash_clientside, {
