@@ -166,7 +166,7 @@ def register_incidents_and_spread(app: Dash, cb) -> None:
     """Incidents under the loss curve and outlined in the graph; the spread over ranks."""
     latest, step = Input(ids.LATEST, "data"), Input(ids.STEP, "data")
     cb(Output(ids.INCIDENTS, "children"), Output(ids.INCIDENTS, "className"), latest,
-       Input(ids.INCIDENT, "data"))(incidents.panel)
+       Input(ids.INCIDENT, "data"), Input(ids.OUTLINED, "data"))(incidents.panel)
     cb(Output(ids.INCIDENT, "data"), Output(ids.PICKED, "data", allow_duplicate=True),
        Input(ids.incident_row(ALL), "n_clicks"), State(ids.LATEST, "data"),
        prevent_initial_call=True)(_choose_row)

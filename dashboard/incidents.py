@@ -92,8 +92,21 @@ def _short(text: str, most: int = SUMMARY_CHARS) -> str:
     return text if len(text) <= most else text[:most - 1].rstrip() + "…"
 
 
-def incident_list(rows: list[dict], chosen: int | None = None) -> list:
-    """The list under the loss curve: one button per incident (step, kind, summary)."""
+def chosen_note(row: dict, outlined: list[str] | None) -> str:
+    """What choosing ``row`` did to the graph, in words (the list's heading says it)."""
+    head = f"step {row['step']} selected"
+    if outlined:
+        names = ", ".join(outlined[:4]) + (f" and {len(outlined) - 4} more" if len(outlined) > 4 else "")
+        return f"{head}; outlined in red in the graph: {names}"
+    if not row["nodes"]:
+        return f"{head}; this incident names no node of the graph"
+    return f"{head}; its nodes are not in the graph shown"
+
+
+def incident_list(rows: list[dict], chosen: int | None = None,
+                  outlined: list[str] | None = None) -> list:
+    """The list under the loss curve: one button per incident (step, kind, summary); the
+    heading says what the chosen one outlined."""
     if not rows:
         return []
     items = []
@@ -108,6 +121,8 @@ def incident_list(rows: list[dict], chosen: int | None = None) -> list:
     more = len(rows) - len(items)
     head = (f"{len(rows)} incident{'s' if len(rows) != 1 else ''}: click one to go to its step "
             "and outline its nodes in the graph")
+    if chosen is not None and 0 <= chosen < len(rows):
+        head = f"{len(rows)} incident{'s' if len(rows) != 1 else ''} · {chosen_note(rows[chosen], outlined)}"
     children: list = [html.Div(head, className="gva-incidents-head"),
                       html.Div(items, className="gva-incident-rows")]
     if more > 0:
@@ -146,13 +161,15 @@ def loss_figure(src: DataSource, triggered, latest, state):
     return with_markers(fig, read_rows(src, latest)) if isinstance(fig, dict) else fig
 
 
-def panel(src: DataSource, latest, chosen):
+def panel(src: DataSource, latest, chosen, outlined=None):
     """INCIDENTS children and class: hidden when the run has none."""
     rows = read_rows(src, latest)
     if not rows:
         return [], "gva-incidents gva-hidden"
-    index = (chosen or {}).get("index") if (chosen or {}).get("run") == latest.get("run") else None
-    return incident_list(rows, index), "gva-incidents"
+    chosen = chosen or {}
+    active = chosen.get("run") == latest.get("run") and (outlined or {}).get("step") == chosen.get("step")
+    index = chosen.get("index") if active else None
+    return incident_list(rows, index, (outlined or {}).get("ids")), "gva-incidents"
 
 
 def choose_row(src: DataSource, trigger, clicks, latest):

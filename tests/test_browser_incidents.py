@@ -191,6 +191,8 @@ def test_a_click_selects_the_incident_step_and_outlines_its_nodes(server, page, 
                 cy.nodes().not('.incident').map(n => parseFloat(n.style('border-width')))]; }}""")
     assert min(widths[0]) > max(widths[1])                   # thicker than any other border
     assert "gva-incident-on" in page.locator(".gva-incident").nth(1).get_attribute("class")
+    page.wait_for_function("() => document.querySelector('.gva-incidents-head').innerText.includes("
+                           "'outlined in red in the graph: SqrtBackward0:0')", timeout=10_000)
     page.locator("#gva-graph").scroll_into_view_if_needed()
     page.screenshot(path=str(SHOTS / "incident-outlined.png"))
     # the spike's marker on the loss curve: its step, and no nodes (a spike names none)
@@ -198,6 +200,13 @@ def test_a_click_selects_the_incident_step_and_outlines_its_nodes(server, page, 
     assert _outlined(page, spike.step) == sorted(set(spike.nodes))
     assert _step_label(page).startswith(f"step {spike.step}") and _slider(page) == spike.step
     assert "gva-incident-on" in page.locator(".gva-incident").nth(0).get_attribute("class")
+    page.wait_for_function("() => document.querySelector('.gva-incidents-head').innerText.includes("
+                           "'names no node')", timeout=10_000)
+    # another step: the outline and the chosen row go (they belong to the incident's step)
+    _click_point(page, "gva-loss", "loss", 10)
+    page.wait_for_function(f"() => {CY}.getAttribute('data-incident-step') === '' && "
+                           "!document.querySelector('.gva-incident-on')", timeout=15_000)
+    assert _slider(page) == 10 and page.evaluate(f"() => {CY}._cyreg.cy.nodes('.incident').length") == 0
     assert page.gva_errors == []
 
 
