@@ -182,7 +182,8 @@ def register_incidents_and_spread(app: Dash, cb) -> None:
        Input(ids.SPREAD_STAT, "value"), State(ids.GRAPH_KEY, "data"), State(ids.SPREAD_KEY, "value"),
        trigger="one")(spread_view.key_options)
     cb(Output(ids.SPREAD_FIG, "figure"), Output(ids.SPREAD_INFO, "children"), latest,
-       Input(ids.SPREAD_KEY, "value"), Input(ids.SPREAD_STAT, "value"), step)(spread_view.figure)
+       Input(ids.SPREAD_KEY, "value"), Input(ids.SPREAD_STAT, "value"), step,
+       trigger="all")(spread_view.figure)
     cb(Output(ids.SPREAD_DETAIL, "children"), Input(ids.SPREAD_FIG, "clickData"), latest,
        Input(ids.SPREAD_KEY, "value"), prevent_initial_call=True)(spread_view.detail)
 

@@ -20,7 +20,7 @@ import time
 
 from dash import html, no_update
 
-from graphviz_autograd.store.schema import Incident
+from graphviz_autograd.store.schema import Incident  # noqa: F401 - the example above uses it
 
 from . import callbacks
 from . import ids

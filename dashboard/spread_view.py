@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from dash import dcc, html, no_update
+from dash import Patch, dcc, html, no_update
 
 from graphviz_autograd.errors import GraphvizAutogradError
 from graphviz_autograd.export.labels import plural
@@ -20,6 +20,7 @@ from graphviz_autograd.store.spread import is_gathered
 
 from . import ids
 from .data import DataSource
+from .figures import step_shape
 from .graph_view import fmt_value
 from .spread import spread_figure
 
@@ -111,8 +112,12 @@ def key_options(src: DataSource, trigger, latest, selected, stat, graph_key, cur
     return SHOWN, options, widest(spreads)
 
 
-def figure(src: DataSource, latest, key, stat, state):
-    """The band chart and the line beside the controls."""
+def figure(src: DataSource, triggered, latest, key, stat, state):
+    """The band chart and the line above it (a new selected step only moves its marker)."""
+    if triggered and set(triggered) <= {ids.STEP}:
+        patch = Patch()
+        patch["layout"]["shapes"] = step_shape((state or {}).get("step"))
+        return patch, no_update
     if not key or not _gathered(src, latest):
         return spread_figure([], [], [], [], [], []), ""
     run = src.run(latest["run"])

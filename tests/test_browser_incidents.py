@@ -279,6 +279,9 @@ def test_a_gathered_run_draws_the_spread_band_and_shows_an_outliers_detail(serve
         _click_point(page, "gva-spread-fig", "outlier ranks", j)
         box.locator("h4", has_text=f"rank {rank} at step {step}").wait_for(timeout=15_000)
         assert "were not stored" in box.inner_text()
+    _click_point(page, "gva-loss", "loss", 4)               # another step: the band's marker follows
+    page.wait_for_function("() => { const gd = document.querySelector('#gva-spread-fig .js-plotly-plot');"
+                           " return gd.layout.shapes && gd.layout.shapes[0].x0 === 4 }", timeout=15_000)
     assert page.gva_errors == []
 
 
