@@ -11,13 +11,15 @@ from pathlib import Path
 
 import dash
 import flask
-from dash import ClientsideFunction, Dash, Input, Output, State
+from dash import ALL, ClientsideFunction, Dash, Input, Output, State
 
 from . import analysis
 from . import callbacks
 from . import compare
 from . import details
 from . import ids
+from . import incidents
+from . import spread_view
 from .data import DataSource
 from .graph_view import ELEMENTS_ROUTE
 from .layout import build_layout, deferred, validation_layout
@@ -102,7 +104,7 @@ def register(app: Dash, src: DataSource) -> None:
        Input(ids.STEP_SLIDER, "value"), Input(ids.PICKED, "data"), latest, State(ids.STEP, "data"),
        State(ids.LOCATION, "search"), with_src=False, trigger="one")(callbacks.select_step)
     cb(Output(ids.STEP_LABEL, "children"), step, latest)(callbacks.step_label)
-    cb(Output(ids.LOSS, "figure"), latest, step, trigger="all")(callbacks.loss_figure)
+    cb(Output(ids.LOSS, "figure"), latest, step, trigger="all")(incidents.loss_figure)
     cb(Output(ids.SCALARS, "options"), Output(ids.SCALARS, "value"), latest,
        State(ids.SCALARS, "value"), with_src=False)(callbacks.scalar_options)
     cb(Output(ids.METRICS, "figure"), latest, Input(ids.SCALARS, "value"), step,
@@ -150,6 +152,7 @@ def register(app: Dash, src: DataSource) -> None:
        Input(ids.CMP_STAT, "value"), Input(ids.INTERVAL, "n_intervals"))(compare.compare_figure)
     cb(Output(ids.VERSIONS_CARD, "className"), Output(ids.RANKS_CARD, "className"), latest,
        with_src=False)(analysis.extra_cards)
+    register_incidents_and_spread(app, cb)
     app.clientside_callback(ClientsideFunction("gva", "show"), Output(ids.PAINTED, "data"),
                             Input(ids.ELEMENTS, "data"), Input(ids.COLORS, "data"))
     app.clientside_callback(ClientsideFunction("gva", "focus"), Output(ids.FOCUSED, "data"),
@@ -157,6 +160,36 @@ def register(app: Dash, src: DataSource) -> None:
     app.clientside_callback(ClientsideFunction("gva", "fit"),
                             Output(ids.FOCUSED, "data", allow_duplicate=True),
                             Input(ids.FIT, "n_clicks"), State(ids.GRAPH, "id"), prevent_initial_call=True)
+
+
+def register_incidents_and_spread(app: Dash, cb) -> None:
+    """Incidents under the loss curve and outlined in the graph; the spread over ranks."""
+    latest, step = Input(ids.LATEST, "data"), Input(ids.STEP, "data")
+    cb(Output(ids.INCIDENTS, "children"), Output(ids.INCIDENTS, "className"), latest,
+       Input(ids.INCIDENT, "data"), Input(ids.OUTLINED, "data"))(incidents.panel)
+    cb(Output(ids.INCIDENT, "data"), Output(ids.PICKED, "data", allow_duplicate=True),
+       Input(ids.incident_row(ALL), "n_clicks"), State(ids.LATEST, "data"),
+       prevent_initial_call=True)(_choose_row)
+    cb(Output(ids.INCIDENT, "data", allow_duplicate=True), Input(ids.LOSS, "clickData"),
+       State(ids.LATEST, "data"), prevent_initial_call=True)(incidents.choose_marker)
+    cb(Output(ids.OUTLINED, "data"), Input(ids.INCIDENT, "data"), step, Input(ids.GRAPH_KEY, "data"),
+       State(ids.LATEST, "data"))(incidents.outline)
+    app.clientside_callback(ClientsideFunction("gva_incidents", "outline"),
+                            Output(ids.OUTLINE_DONE, "data"), Input(ids.OUTLINED, "data"),
+                            Input(ids.PAINTED, "data"))
+    cb(Output(ids.SPREAD_CARD, "className"), Output(ids.SPREAD_KEY, "options"),
+       Output(ids.SPREAD_KEY, "value"), latest, Input(ids.SELECTED, "data"),
+       Input(ids.SPREAD_STAT, "value"), State(ids.GRAPH_KEY, "data"), State(ids.SPREAD_KEY, "value"),
+       trigger="one")(spread_view.key_options)
+    cb(Output(ids.SPREAD_FIG, "figure"), Output(ids.SPREAD_INFO, "children"), latest,
+       Input(ids.SPREAD_KEY, "value"), Input(ids.SPREAD_STAT, "value"), step,
+       trigger="all")(spread_view.figure)
+    cb(Output(ids.SPREAD_DETAIL, "children"), Input(ids.SPREAD_FIG, "clickData"), latest,
+       Input(ids.SPREAD_KEY, "value"), prevent_initial_call=True)(spread_view.detail)
+
+
+def _choose_row(src, clicks, latest):
+    return incidents.choose_row(src, dash.ctx.triggered_id, clicks, latest)
 
 
 def _fold_adapter(src, trigger, _toggle, _fold_all, _unfold_all, _run, selected, key, folded, search):

@@ -11,8 +11,9 @@ from graphviz_autograd.graph.model import NodeKind
 from . import figures
 from . import panels
 from .callbacks import READ_ERRORS, _fold_target, only_step, step_patch
-from .data import DataSource
+from .data import DataSource, parse_key
 from .fold import GROUP_PREFIX
+from .rules import update_rule_panel
 
 MAX_MEMBER_SERIES = 40          # a folded module's curves combine at most this many members
 AT_STEP_GRAD = ("grad_norm", "grad_absmax", "grad_mean", "grad_std", "grad_zero_frac",
@@ -86,7 +87,18 @@ def node_detail(src: DataSource, node_id, key):
         hint = "Click a node to see its op, shapes, saved tensors and gradient statistics."
         return [panels.html.P(hint, className="gva-hint")], fold_label, True
     members = len(scene.view.members.get(node.id, ()))
-    return panels.detail_panel(node, graph, members), fold_label, target is None
+    children = panels.detail_panel(node, graph, members)
+    if node.kind is NodeKind.PARAM:             # what optimizer.step() does to it
+        children += update_rule_panel(_run_meta(src, key), node.param or "")
+    return children, fold_label, target is None
+
+
+def _run_meta(src: DataSource, key) -> dict:
+    parsed = parse_key(key)
+    try:
+        return src.run(parsed[0]).meta if parsed else {}
+    except READ_ERRORS:
+        return {}
 
 
 def node_figure(src: DataSource, triggered, node_id, key, latest, state):

@@ -203,6 +203,8 @@ def stylesheet(n_nodes: int = 0) -> list[dict]:
                                              "overlay-padding": 6}},
         {"selector": "node[mark > 0]", "style": {"border-color": "#d62728", "border-width": 5,
                                                  "border-style": "double"}},
+        {"selector": "node.incident", "style": {"border-color": "#d62728", "border-width": 7,
+                                                "border-style": "solid"}},
         {"selector": "node:selected", "style": {"border-color": "#d62728", "border-width": 4}},
         {"selector": ".added", "style": {"border-color": "#2ca02c", "border-width": 4,
                                          "line-color": "#2ca02c", "target-arrow-color": "#2ca02c"}},

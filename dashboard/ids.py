@@ -80,3 +80,21 @@ RANK_A = "gva-rank-a"
 RANK_B = "gva-rank-b"
 RANK_STAT = "gva-rank-stat"
 RANK_FIG = "gva-rank-fig"
+
+# incidents (under the loss curve) and the spread over the ranks of a gathered run
+INCIDENTS = "gva-incidents"        # the list of incidents (hidden when the run has none)
+INCIDENT = "gva-incident-chosen"   # Store: the chosen incident {"index", "run", "step", "nodes"}
+OUTLINED = "gva-outlined"          # Store: node ids the browser outlines for the chosen incident
+OUTLINE_DONE = "gva-outline-done"  # Store: written by the clientside outliner (dummy output)
+SPREAD_CARD = "gva-spread-card"
+SPREAD_KEY = "gva-spread-key"
+SPREAD_STAT = "gva-spread-stat"
+SPREAD_INFO = "gva-spread-info"
+SPREAD_SLOT = "gva-spread-slot"
+SPREAD_FIG = "gva-spread-fig"
+SPREAD_DETAIL = "gva-spread-detail"
+
+
+def incident_row(index) -> dict:
+    """Pattern-matching id of row ``index`` of the incidents list (``dash.ALL``: every row)."""
+    return {"type": "gva-incident", "index": index}

@@ -8,6 +8,7 @@ from graphviz_autograd.export.style import KIND_STYLE
 from graphviz_autograd.graph.model import NodeKind
 
 from . import ids
+from . import spread_view
 from .graph_view import DEFAULT_METRIC, METRICS, preset_layout, stylesheet
 
 REFRESH_MS = 2500
@@ -58,6 +59,7 @@ def deferred() -> dict[str, object]:
                            stylesheet=stylesheet(), minZoom=0.02, maxZoom=4, autoRefreshLayout=False,
                            style={"width": "100%", "height": "420px"}, className="gva-cy")]),
         ids.RANK_FIG_SLOT: _figure(ids.RANK_FIG, "380px"),
+        ids.SPREAD_SLOT: spread_view.figure_component(),
     }
 
 
@@ -68,7 +70,9 @@ def _slot(id_: str, height: str) -> html.Div:
 def curves() -> html.Section:
     return html.Section(className="gva-card gva-curves", children=[
         html.Div(className="gva-curve-row", children=[
-            _slot(ids.LOSS_SLOT, "260px"),
+            html.Div(className="gva-loss-col", children=[
+                _slot(ids.LOSS_SLOT, "260px"),
+                html.Div(id=ids.INCIDENTS, className="gva-incidents gva-hidden")]),
             html.Div(className="gva-metrics", children=[
                 dcc.Dropdown(id=ids.SCALARS, multi=True, placeholder="other scalars",
                              className="gva-scalars"),
@@ -204,14 +208,15 @@ def stores() -> list:
         dcc.Store(id=ids.PAINTED),
         dcc.Store(id=ids.SEARCH_RESULT), dcc.Store(id=ids.FOCUSED),
         dcc.Store(id=ids.FOLDED, data={"mode": "auto"}), dcc.Store(id=ids.SELECTED),
+        dcc.Store(id=ids.INCIDENT), dcc.Store(id=ids.OUTLINED), dcc.Store(id=ids.OUTLINE_DONE),
     ]
 
 
 def build_layout() -> html.Div:
     """The whole page, figures still in their slots (see :func:`deferred`)."""
     return html.Div(className="gva", children=[
-        *stores(), header(), graph_section(), curves(), flow_section(), compare_runs_section(),
-        compare_section(),
+        *stores(), header(), graph_section(), curves(), spread_view.section(), flow_section(),
+        compare_runs_section(), compare_section(),
     ])
 
 

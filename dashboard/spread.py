@@ -45,7 +45,7 @@ def spread_figure(steps: list[int], mins: list, means: list, maxs: list, min_ran
         steps, mins, means, maxs, min_ranks, max_ranks: one value per recorded step (a
             ``Spread``'s fields); NaN and infinities leave gaps.
         outliers: ``(step, rank, value, why)`` of the flagged ranks to mark; a non-finite
-            value is drawn at the top of the band and labelled with it.
+            value is drawn at the top of the band and labelled with it (None: "value not kept").
         title: the chart's title (e.g. ``"grad_norm of fc1.weight over 512 ranks"``).
         step: the selected step, drawn as a dotted vertical line.
         revision: plotly ``uirevision`` (zoom survives updates with the same one).
@@ -77,7 +77,8 @@ def spread_figure(steps: list[int], mins: list, means: list, maxs: list, min_ran
             shown = value is not None and math.isfinite(value)
             xs.append(o_step)
             ys.append(value if shown else top)
-            labels.append(f"rank {rank}" if shown else f"rank {rank} ({value})")
+            labels.append(f"rank {rank}" if shown else
+                          f"rank {rank} ({'value not kept' if value is None else value})")
             custom.append([o_step, rank])
             whys.append(_text(why))
         data.append({"type": "scatter", "mode": "markers+text", "name": "outlier ranks", "x": xs,
