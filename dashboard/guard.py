@@ -120,7 +120,7 @@ INPUTS: dict[str, Check] = {
         "ids": opt(list_of(NAME)), "focus": opt(NAME), "index": opt(integer(0, BIG)),
         "query": opt(NAME), "key": opt(NAME), "target": opt(NAME)})),
     "gva-folded.data": opt(record(optional={"mode": opt(text(16)), "paths": opt(list_of(NAME))})),
-    "gva-mounted.data": opt(boolean()),
+    "gva-mounted.data": opt(boolean()), "gva-painted.data": opt(anything()),
     "gva-run.options": opt(OPTIONS), "gva-rank.options": opt(OPTIONS), "gva-runs.options": opt(OPTIONS),
     "gva-diff-graph.layout": opt(record()),
 }

@@ -137,3 +137,15 @@ def test_no_forged_input_of_any_callback_gives_500(server):
                 assert st < 500, (dep["output"], d, value, body[:300])
                 counts[st] = counts.get(st, 0) + 1
     assert counts.get(400, 0) > 100 and counts.get(200, 0) > 100, counts
+
+
+def test_every_server_callback_input_has_a_check_in_the_guard(tmp_path):
+    """A new callback input gets its type in dashboard/guard.py INPUTS (the one place), or
+    forged values of it reach the callback unchecked."""
+    from graphviz_autograd.dashboard.app import create_app
+    from graphviz_autograd.dashboard.guard import INPUTS
+
+    client = create_app(tmp_path).server.test_client()
+    deps = [d for d in client.get("/_dash-dependencies").get_json() if not d.get("clientside_function")]
+    used = {f"{i['id']}.{i['property']}" for d in deps for i in d["inputs"] + d["state"]}
+    assert used - set(INPUTS) == set(), "add these to dashboard/guard.py INPUTS"
