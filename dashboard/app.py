@@ -19,6 +19,7 @@ from . import compare
 from . import details
 from . import ids
 from . import incidents
+from . import notes
 from . import spread_view
 from .data import DataSource
 from .graph_view import ELEMENTS_ROUTE
@@ -91,6 +92,8 @@ def register(app: Dash, src: DataSource) -> None:
        State(ids.RANK, "options"))(callbacks.rank_options)
     cb(Output(ids.LATEST, "data"), Output(ids.STATUS, "children"), Input(ids.RUN, "value"),
        Input(ids.RANK, "value"), Input(ids.INTERVAL, "n_intervals"), State(ids.LATEST, "data"))(callbacks.refresh)
+    cb(Output(ids.SKIPPED, "children"), Input(ids.LOCATION, "search"),
+       Input(ids.INTERVAL, "n_intervals"))(notes.skipped_note)
     cb(Output(ids.INTERVAL, "disabled"), Input(ids.LIVE, "value"), with_src=False)(callbacks.live_toggle)
     cb(Output(ids.STEP_SLIDER, "min"), Output(ids.STEP_SLIDER, "max"), Output(ids.STEP_SLIDER, "marks"),
        latest, with_src=False)(callbacks.slider_props)

@@ -24,6 +24,7 @@ from .fold import (GROUP_PREFIX, MODULE_PREFIX, describe_folded, modules_at_dept
 from .graph_view import (ELEMENTS_ROUTE, METRICS, color_payload, elements_ref, node_values,
                          search_nodes, stylesheet)
 from .layout import deferred
+from .names import from_keys, name_option
 from .runs import newest_run
 
 READ_ERRORS = (GraphvizAutogradError, KeyError, OSError, ValueError)
@@ -222,8 +223,9 @@ def loss_figure(src: DataSource, triggered, latest, state):
 
 def scalar_options(latest, current):
     names = [n for n in (latest or {}).get("scalars", []) if n != "loss"]
-    options = _opts(names)
-    value = [v for v in (current or []) if v in names] if current is not None else names[:3]
+    options = [name_option(n) for n in names]
+    keys = [o["value"] for o in options]
+    value = [v for v in (current or []) if v in keys] if current is not None else keys[:3]
     return options, value
 
 
@@ -234,7 +236,7 @@ def metrics_figure(src: DataSource, triggered, latest, chosen, state):
         return figures.empty_figure("no run selected")
     try:
         reader = src.reader(latest["run"], latest["rank"])
-        series = {n: tuple(reader.series(n)) for n in (chosen or []) if n in latest["scalars"]}
+        series = {n: tuple(reader.series(n)) for n in from_keys(chosen, latest["scalars"])}
     except READ_ERRORS as exc:
         return figures.empty_figure(f"cannot read scalars: {exc}")
     return figures.metrics_figure(series, (state or {}).get("step"), latest["run"])

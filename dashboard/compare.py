@@ -17,6 +17,7 @@ from dash import no_update
 
 from . import figures
 from .callbacks import READ_ERRORS, url_params
+from .names import AXIS_MOST
 from .data import DataSource
 
 MAX_RUNS = 8
@@ -130,7 +131,7 @@ def overlay_figure(curves: dict[str, dict[str, tuple[list, list]]], key_row: str
         log = bool(every) and min(every) > 0 and (figures.is_learning_rate(name) or name == key_row
                                                   or max(every) / min(every) > 1e3)
         yaxis = {"domain": [max(0.0, top - height), top], "gridcolor": "#eeeeee", "zeroline": False,
-                 "title": {"text": figures.plot_text(name) + (" (log)" if log else ""),
+                 "title": {"text": figures.plot_text(name, AXIS_MOST) + (" (log)" if log else ""),
                            "font": {"size": 11}}}
         if log:
             yaxis.update(figures.log_axis(min(every), max(every)))

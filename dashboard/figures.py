@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 
 from .gradients import MISSING, NONFINITE, STATE_NAMES, VALUE, ZERO, Flow, Heat
+from .names import AXIS_MOST, SHOWN_MOST, short_name
 
 STEP_COLOR = "#d62728"
 GL_THRESHOLD = 2000             # WebGL traces past this many points
@@ -16,9 +18,10 @@ FONT = {"family": "Helvetica, Arial, sans-serif", "size": 11}
 LINE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 
-def plot_text(s: object) -> str:
-    """Text that plotly shows literally (its labels understand a few HTML tags and entities)."""
-    return str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def plot_text(s: object, most: int = SHOWN_MOST) -> str:
+    """Text that plotly shows literally (its labels understand a few HTML tags and entities),
+    at most ``most`` characters (cut in the middle: a 1 MB name must not reach plotly)."""
+    return short_name(s, most).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _clean(values) -> list:
@@ -76,10 +79,14 @@ def base_layout(title: str = "", **extra) -> dict:
     return layout
 
 
-def empty_figure(message: str) -> dict:
+def empty_figure(message: str, width: int = 72) -> dict:
+    """A figure that only says ``message`` (wrapped to lines of ``width`` characters: an error
+    naming a file must be read whole, not cut at the figure's edges)."""
+    lines = textwrap.wrap(short_name(message, 600), width) or [""]
     return {"data": [], "layout": base_layout(
         xaxis={"visible": False}, yaxis={"visible": False},
-        annotations=[{"text": plot_text(message), "showarrow": False, "xref": "paper",
+        annotations=[{"text": "<br>".join(plot_text(line) for line in lines), "showarrow": False,
+                      "xref": "paper",
                       "yref": "paper", "x": 0.5, "y": 0.5, "font": {"size": 13, "color": "#777"}}])}
 
 
@@ -133,7 +140,7 @@ def metrics_figure(series: dict[str, tuple[list[int], list[float]]], step: int |
         finite = [v for v in values if v is not None and math.isfinite(v)]
         positive = min(finite) > 0
         log = positive and (is_learning_rate(name) or max(finite) / min(finite) > 1e3)
-        label = plot_text(name) + (" (log)" if log else "")
+        label = plot_text(name, AXIS_MOST) + (" (log)" if log else "")
         yaxis = {"domain": [max(0.0, top - height), top], "gridcolor": "#eeeeee", "zeroline": False,
                  "title": {"text": label, "font": {"size": 11}}}
         if log:

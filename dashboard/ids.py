@@ -8,6 +8,7 @@ RANK = "gva-rank"
 LIVE = "gva-live"
 INTERVAL = "gva-interval"
 STATUS = "gva-status"
+SKIPPED = "gva-skipped"          # entries of the runs root that could not be read
 LATEST = "gva-latest"            # Store: what the run holds now (run, rank, steps, versions, ...)
 
 # curves and step selection

@@ -29,6 +29,7 @@ def header() -> html.Header:
         dcc.Checklist(id=ids.LIVE, options=[{"label": " live", "value": "live"}], value=["live"],
                       className="gva-live"),
         html.Div(id=ids.STATUS, className="gva-status"),
+        html.Div(id=ids.SKIPPED, className="gva-skipped-row"),
     ])
 
 

@@ -22,26 +22,49 @@ def _inside(path: Path, real_root: Path) -> bool:
         return False
 
 
-def _store_files(directory: Path, real_root: Path) -> list[Path] | None:
-    """The rank store files of ``directory``; None when it holds none or one leads outside."""
+def _reason(exc: OSError) -> str:
+    return (exc.strerror or str(exc)).lower()
+
+
+def _store_files(directory: Path, real_root: Path,
+                 skipped: list[tuple[str, str]] | None = None, name: str = "") -> list[Path] | None:
+    """The rank store files of ``directory``; None when it holds none or one leads outside.
+
+    A store file that cannot be a store (a directory, a symlink loop, a dangling link) is
+    noted in ``skipped`` as ``(name, why)``.
+    """
     try:
         entries = [e for e in os.scandir(directory) if _STORE.match(e.name)]
     except OSError:
         return None
     files = [Path(e.path) for e in entries]
-    if not files or not all(_inside(f, real_root) and f.is_file() for f in files):
+    if not files or not all(_inside(f, real_root) for f in files):
         return None
+    for f in files:
+        try:
+            os.stat(f)
+        except OSError as exc:
+            if skipped is not None:
+                skipped.append((f"{name}/{f.name}".lstrip("/"), _reason(exc)))
+            return None
+        if not f.is_file():
+            if skipped is not None:
+                skipped.append((f"{name}/{f.name}".lstrip("/"), "not a file"))
+            return None
     return files
 
 
-def list_runs(root: str | os.PathLike) -> list[str]:
-    """Run names under ``root`` (POSIX relative paths, sorted); ``"."`` when root is a run."""
+def scan_runs(root: str | os.PathLike) -> tuple[list[str], list[tuple[str, str]]]:
+    """``(run names, skipped)`` under ``root``: names as :func:`list_runs` gives them, and the
+    entries that could not be read as ``(relative path, why)`` (a symlink loop, a dangling
+    link, a directory where a store file belongs, a directory that cannot be listed)."""
     root = Path(root)
+    skipped: list[tuple[str, str]] = []
     if not root.is_dir():
-        return []
+        return [], skipped
     real_root = Path(os.path.realpath(root))
     found: list[str] = []
-    if _store_files(root, real_root):
+    if _store_files(root, real_root, skipped, ""):
         found.append(ROOT_NAME)
     stack: list[tuple[Path, tuple[str, ...]]] = [(root, ())]
     while stack:
@@ -50,19 +73,36 @@ def list_runs(root: str | os.PathLike) -> list[str]:
             continue
         try:
             entries = list(os.scandir(directory))
-        except OSError:
+        except OSError as exc:
+            if parts:
+                skipped.append(("/".join(parts), _reason(exc)))
             continue
         for entry in entries:
-            if entry.name.startswith(".") or not entry.is_dir():
+            if entry.name.startswith("."):
+                continue
+            sub = (*parts, entry.name)
+            try:
+                is_dir = entry.is_dir()
+                if not is_dir and entry.is_symlink():
+                    os.stat(entry.path)           # a link to a file is not a run: no error
+            except OSError as exc:
+                skipped.append(("/".join(sub), _reason(exc)))
+                continue
+            if not is_dir:
                 continue
             path = Path(entry.path)
             if not _inside(path, real_root):
                 continue            # a symlink out of the root
-            sub = (*parts, entry.name)
-            if _store_files(path, real_root):
+            if _store_files(path, real_root, skipped, "/".join(sub)):
                 found.append("/".join(sub))
             stack.append((path, sub))
-    return sorted(found)
+    return sorted(found), sorted(set(skipped))
+
+
+def list_runs(root: str | os.PathLike) -> list[str]:
+    """Run names under ``root`` (POSIX relative paths, sorted); ``"."`` when root is a run.
+    Entries that cannot be read are left out (:func:`scan_runs` says which and why)."""
+    return scan_runs(root)[0]
 
 
 def is_safe_name(name: object) -> bool:

@@ -20,6 +20,8 @@ from typing import Callable, Iterable
 
 from graphviz_autograd.errors import ConfigError
 
+from .guard import MAX_BODY, guard
+
 THREADS = 8
 Middleware = Callable[[Callable], Callable]
 
@@ -39,11 +41,14 @@ def port_taken_message(host: str, port: int) -> str:
 
 
 def make_server(wsgi_app: Callable, host: str = "127.0.0.1", port: int = 8050, *,
-                threads: int = THREADS, middleware: Iterable[Middleware] = ()):
+                threads: int = THREADS, middleware: Iterable[Middleware] = (guard,),
+                max_body: int = MAX_BODY):
     """A waitress server bound to ``host:port`` (not yet serving: call ``.run()``).
 
     Binding happens here, so a taken port fails before anything is printed. ``middleware``
-    wraps the WSGI application, innermost first.
+    wraps the WSGI application, innermost first (by default :func:`dashboard.guard.guard`:
+    callback requests checked before Dash sees them). Bodies over ``max_body`` bytes are
+    refused by waitress with 413 before they are read.
 
     Raises:
         ConfigError: the port is taken, or the address cannot be bound (the message names
@@ -56,7 +61,7 @@ def make_server(wsgi_app: Callable, host: str = "127.0.0.1", port: int = 8050, *
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)   # "task queue depth" chatter
     try:
         return create_server(wsgi_app, host=host.strip("[]"), port=port, threads=threads,
-                             ident="graphviz-autograd")
+                             ident="graphviz-autograd", max_request_body_size=max_body)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise ConfigError(port_taken_message(host, port)) from None
@@ -76,6 +81,8 @@ def serve(runs_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8050
 
     root = Path(runs_dir)
     app = create_app(root)                             # reads nothing yet
+    if debug:                                          # the development server: same checks
+        app.server.wsgi_app = guard(app.server.wsgi_app)
     server = None if debug else make_server(app.server, host, port)   # a taken port fails here
     root.mkdir(parents=True, exist_ok=True)
     shown = f"[{host.strip('[]')}]" if ":" in host else host

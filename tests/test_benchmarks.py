@@ -18,6 +18,7 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("bench_stacks.py", ["--models", "bert", "--steps", "1", "--rounds", "1", "--warmup", "1",
                          "--batch", "2"], "params+nodes every step"),
     ("bench_fsdp.py", [], "bytes sent per rank"),
+    ("bench_dashboard_load.py", ["--clients", "3", "--requests", "4", "--steps", "4"], "p99 ms"),
     ("bench_memory.py", ["--steps", "20"], "live tensors"),
     ("bench_gather.py", ["--worlds", "2", "--steps", "2", "--models", "lenet"], "bare pair ms"),
     ("bench_store.py", ["--keys", "20", "--write-steps", "50", "--read-keys", "2", "--read-steps", "500",

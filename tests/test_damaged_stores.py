@@ -25,9 +25,8 @@ from graphviz_autograd.store import STATS, RankReader, RunWriter
 STEPS = list(range(0, 40, 2)) + [41, 47, 50]        # even, then uneven spacing (stride-0 chunks)
 
 
-@pytest.fixture(scope="module")
-def good_store(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("good")
+def write_good_store(run_dir: Path) -> Path:
+    """A real store (traced graph, scalars, statistics in several chunks) in ``run_dir``."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
     graph = ga.trace(net(torch.randn(2, 3)).sum(), model=net)
@@ -42,6 +41,11 @@ def good_store(tmp_path_factory) -> Path:
             if i % 7 == 6:
                 w.flush()           # several chunks per key
     return run_dir / "rank-0.gva.sqlite"
+
+
+@pytest.fixture(scope="module")
+def good_store(tmp_path_factory) -> Path:
+    return write_good_store(tmp_path_factory.mktemp("good"))
 
 
 def reads(reader: RankReader):

@@ -472,20 +472,34 @@ def test_matrix_downsampling(tmp_path):
                 entries.append(("c", {"grad_norm": step + 0.5}))
             writer.add_step(step, wall_time=0.0, graph_version=None, scalars={}, stats={"param": entries})
     run = open_run(tmp_path)
-    keys, steps, grid = run.matrix("param", "grad_norm", max_steps=5)
-    assert keys == ["a", "b", "c"] and steps == [0, 25, 50, 75, 100]
-    assert grid == [[0.0, 25.0, 50.0, 75.0, 100.0], [-0.0, -25.0, -50.0, -75.0, -100.0],
-                    [0.5, None, 50.5, None, 100.5]]
+    keys, steps, grid = run.matrix("param", "grad_norm", max_steps=5)     # merged, never dropped
+    assert keys == ["a", "b", "c"] and steps == [19, 39, 60, 80, 100]
+    assert grid == [[9.5, 29.5, 50.0, 70.5, 90.5], [-9.5, -29.5, -50.0, -70.5, -90.5],
+                    [9.5, 29.5, 50.5, 71.5, 91.5]]
     keys, steps, grid = run.matrix("param", "grad_norm", max_steps=7)
-    assert steps == [0, 17, 33, 50, 67, 83, 100] and grid[0] == [float(s) for s in steps]
+    assert len(steps) == 7 and steps[-1] == 100 and None not in grid[2]
     keys, steps, grid = run.matrix("param", "grad_norm", keys=["c", "zzz"])
-    assert keys == ["c", "zzz"] and len(steps) == 101 and grid[1] == [None] * 101
-    assert grid[0][:3] == [0.5, None, 2.5]
+    assert keys == ["c", "zzz"] and steps == list(range(0, 101, 2)) and grid[1] == [None] * 51
+    assert grid[0][:3] == [0.5, 2.5, 4.5]
     assert run.matrix("param", "grad_norm", max_steps=1)[1] == [100]
     assert run.matrix("param", "grad_norm", max_steps=1000)[1] == list(range(101))
     assert run.matrix("node", "grad_norm") == ([], list(range(101)), [])
     with pytest.raises(StoreError, match="max_steps must be >= 1"):
         run.matrix("param", "grad_norm", max_steps=0)
+
+
+def test_matrix_keeps_every_recorded_step_when_statistics_are_sparse(tmp_path):
+    """Issue 15: statistics every 10th of 400 steps, max_steps=150 gave 15 values out of 40."""
+    with RunWriter(tmp_path) as writer:
+        for step in range(400):
+            stats = {"param": [("conv1.weight", {"grad_norm": float(step)})]} if step % 10 == 0 else {}
+            writer.add_step(step, wall_time=0.0, graph_version=None, scalars={"loss": 1.0}, stats=stats)
+    run = open_run(tmp_path)
+    keys, steps, grid = run.matrix("param", "grad_norm", keys=["conv1.weight"], max_steps=150)
+    assert steps == list(range(0, 400, 10)) and grid == [[float(s) for s in steps]]
+    keys, steps, grid = run.matrix("param", "grad_norm", max_steps=8)       # 40 -> 8 columns of 5
+    assert steps == list(range(40, 400, 50)) and grid[0] == [float(s - 20) for s in steps]
+    run.close()
 
 
 @pytest.mark.parametrize("module", sorted(p.stem for p in (REPO / "graphviz_autograd" / "store").glob("*.py")))
@@ -527,8 +541,10 @@ def test_frequent_flushes_grow_chunks_instead_of_piling_up_tiny_ones(tmp_path):
         assert run.stats_at(step, "node") == {"n0": step * 100.0, "n1": step * 100 + 1.0}
     assert run.stats_at(3, "node") == {} and run.stats_at(10**6, "node") == {}
     keys, at, grid = run.matrix("node", "grad_norm", max_steps=5)
-    assert len(at) == 5 and (at[0], at[-1]) == (steps[0], steps[-1]) and set(at) <= set(steps)
-    assert grid[1] == [s * 100 + 1.0 for s in at]
+    assert len(at) == 5 and at[-1] == steps[-1] and set(at) <= set(steps)
+    merged = [[s for s in steps if lo < s <= hi] for lo, hi in zip([-1, *at], at)]
+    assert sum(map(len, merged)) == len(steps)                       # every step in one column
+    assert grid[1] == [sum(s * 100 + 1.0 for s in m) / len(m) for m in merged]
 
 
 V1_SCHEMA = f"""

@@ -367,45 +367,48 @@ class RankReader(Closing):
 
     def matrix(self, kind: str, stat: str, keys: list[str] | None = None,
                max_steps: int | None = None) -> tuple[list[str], list[int], list[list[float | None]]]:
-        """``stat`` as a keys x steps grid, for heat maps.
+        """``stat`` as a keys x steps grid, for heat maps: one column per step at which any of
+        the rows has a value (every step of the run when none has).
 
         Args:
             kind: 'param', 'node' or 'module'.
             stat: One of :data:`STATS`.
             keys: Row keys (default: all keys of ``kind``).
-            max_steps: Keep at most this many steps, evenly spaced, first and last included.
+            max_steps: At most this many columns: past it, neighbouring steps merge into one
+                column holding the mean of the values recorded in it (never dropped), labelled
+                by its last step.
 
         Returns:
             ``(keys, steps, grid)`` with ``grid[i][j]`` the value of ``keys[i]`` at
-            ``steps[j]``, or None where nothing was recorded.
+            ``steps[j]`` (or the mean over the steps after ``steps[j - 1]`` up to ``steps[j]``),
+            or None where nothing was recorded.
+
+        Example:
+            Statistics recorded every 10th of 400 steps, ``max_steps=150``: 40 columns, each
+            with its value (the issue-15 heat map showed 15 of them).
         """
         column, kind = check_stat(stat), check_kind(kind)
+        if max_steps is not None and max_steps < 1:
+            raise StoreError(f"max_steps must be >= 1 or None, got {max_steps}")
         with self._snapshot():
             names = self.keys(kind) if keys is None else list(keys)
-            all_steps = self.steps()
-            steps = _downsample(all_steps, max_steps)
-            grid: list[list[float | None]] = [[None] * len(steps) for _ in names]
-            position = {step: j for j, step in enumerate(steps)}
-            sampled = len(steps) < len(all_steps)
-            for row, name in zip(grid, names):
+            rows: list[dict[int, float]] = []
+            for name in names:
                 key_id = self._key_id(kind, name)
-                if key_id is None or not steps:
-                    continue
-                if self._chunked:
-                    for step, value in zip(*self._stat_series(kind, name, stat)):
-                        j = position.get(step)
-                        if j is not None:
-                            row[j] = value
-                    continue
-                sql = f"SELECT step, {column} FROM stats WHERE key_id = ?"
-                chunks = [steps[i:i + 500] for i in range(0, len(steps), 500)] if sampled else [[]]
-                for chunk in chunks:
-                    where = f" AND step IN ({', '.join('?' * len(chunk))})" if chunk else ""
-                    for step, value in self._fetch(sql + where, (key_id, *chunk)):
-                        j = position.get(step)
-                        if j is not None:
-                            row[j] = decode(value)
-        return names, steps, grid
+                if key_id is None:
+                    rows.append({})
+                elif self._chunked:
+                    rows.append(dict(zip(*self._stat_series(kind, name, stat))))
+                else:
+                    rows.append({step: decode(value) for step, value in self._fetch(
+                        f"SELECT step, {column} FROM stats WHERE key_id = ? AND {column} IS NOT NULL",
+                        (key_id,))})
+            recorded = sorted(set().union(*rows)) if rows else []
+            steps = recorded or self.steps()
+        bins = _bins(len(steps), max_steps)
+        labels = [steps[hi - 1] for _lo, hi in bins]
+        grid = [[_mean([row[s] for s in steps[lo:hi] if s in row]) for lo, hi in bins] for row in rows]
+        return names, labels, grid
 
     def close(self) -> None:
         """Close the connection (and remove the private copy of a ``'copy'`` open)."""
@@ -450,16 +453,20 @@ def _to_series(rows: list[tuple]) -> Series:
                   [v if v.__class__ is float else decode(v) for _, v in rows])
 
 
-def _downsample(steps: list[int], max_steps: int | None) -> list[int]:
-    """At most ``max_steps`` evenly spaced items of ``steps``, first and last included."""
-    n = len(steps)
-    if max_steps is None or n <= max_steps:
-        return steps
-    if max_steps < 1:
-        raise StoreError(f"max_steps must be >= 1 or None, got {max_steps}")
-    if max_steps == 1:
-        return [steps[-1]]
-    return [steps[round(i * (n - 1) / (max_steps - 1))] for i in range(max_steps)]
+def _bins(n: int, most: int | None) -> list[tuple[int, int]]:
+    """``(lo, hi)`` index ranges splitting ``n`` items into at most ``most`` nearly even runs."""
+    if most is None or n <= most:
+        return [(i, i + 1) for i in range(n)]
+    edges = [round(j * n / most) for j in range(most + 1)]
+    return [(lo, hi) for lo, hi in zip(edges, edges[1:]) if hi > lo]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    """Mean of the recorded values (NaN and infinities kept: they stay visible), None if none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else sum(values) / len(values)
 
 
 def scan_ranks(run_dir: Path) -> dict[int, Path]:
