@@ -123,6 +123,15 @@ INPUTS: dict[str, Check] = {
     "gva-mounted.data": opt(boolean()), "gva-painted.data": opt(anything()),
     "gva-run.options": opt(OPTIONS), "gva-rank.options": opt(OPTIONS), "gva-runs.options": opt(OPTIONS),
     "gva-diff-graph.layout": opt(record()),
+    "gva-spread-key.value": opt(NAME), "gva-spread-fig.clickData": opt(PLOT_EVENT),
+    "gva-spread-stat.value": opt(text(200)),
+    "gva-incident-chosen.data": opt(record(optional={
+        "index": opt(integer(0, BIG)), "run": opt(NAME), "step": opt(STEP),
+        "nodes": opt(list_of(NAME))})),
+    "gva-outlined.data": opt(record(optional={
+        "target": opt(NAME), "ids": opt(list_of(NAME)), "key": opt(NAME), "step": opt(STEP)})),
+    # pattern-matched ids (a dict id): checked by the callback itself (an index into its rows)
+    '{"index":["ALL"],"type":"gva-incident"}.n_clicks': opt(list_of(opt(COUNT))),
 }
 
 
