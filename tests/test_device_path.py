@@ -263,9 +263,6 @@ def test_odd_tensors_on_the_device_path():
         assert row[6] == f.numel(), name
 
 
-@pytest.mark.xfail(strict=True, reason="the Recorder reads parameter norms after read_rows when "
-                   "there is no optimizer (a second read-back); the change that fixes it, "
-                   "sq_norms(..., pending=True) before read_rows, is in the stats branch's note")
 def test_without_an_optimizer_a_recorded_step_reads_back_once(tmp_path):
     net = make_net()
     opt = torch.optim.SGD(net.parameters(), lr=0.05)        # stepped by hand: the recorder has none

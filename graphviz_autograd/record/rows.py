@@ -57,6 +57,11 @@ def step_rows(capture, slot_ids: dict[int, str], params: ParamSet | None, update
     for name, group in capture.acts.items():
         spans.append(("module", name, len(rows), 0, len(group)))
         rows.extend(group)
+    sq = None
+    if tensors:     # measured right after optimizer.step() when the update was (one pass for both)
+        sq = params.updates.after_sq if update_norms is not None else None
+        # else device norms filled by the read_rows below: one read-back per step
+        sq = sq or stats.sq_norms(params.local, params.updates.params, pending=True)
     rows = stats.read_rows(rows)
     out: dict[str, list] = {"node": [], "param": [], "module": []}
     for kind, key, first, n_grads, n_acts in spans:
@@ -67,14 +72,11 @@ def step_rows(capture, slot_ids: dict[int, str], params: ParamSet | None, update
         out[kind].append((key, (grads or _NO_GRAD) + _NO_PARAM + (acts or _NO_ACT)))
     if tensors:
         out["param"] = _param_entries(params, rows[first_param:first_param + len(tensors)],
-                                      update_norms, param_grad_scale)
+                                      update_norms, param_grad_scale, sq)
     return {kind: entries for kind, entries in out.items() if entries}
 
 
-def _param_entries(params: ParamSet, param_rows: list, updates, scale: float) -> list:
-    # measured right after optimizer.step() when the update was (one pass for both)
-    sq = params.updates.after_sq if updates is not None else None
-    sq = sq or stats.sq_norms(params.local, params.updates.params)
+def _param_entries(params: ParamSet, param_rows: list, updates, scale: float, sq: list) -> list:
     if params.sharded:          # FSDP: full-parameter statistics from the shards'
         sq, updates = list(sq), list(updates) if updates is not None else None
         shards.combine(param_rows, sq, updates, params.sharded)
