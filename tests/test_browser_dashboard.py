@@ -94,13 +94,32 @@ def server(runs_root):
     assert "torch-loaded False" in out, f"the dashboard process imported torch: {out}"
 
 
-@pytest.fixture(scope="module")
-def browser():
+def launch_chromium():
+    """Headless Chromium for a module's tests (a generator for a fixture to ``yield from``)."""
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
                               args=ARGS)
         yield b
         b.close()
+
+
+def serve_dashboard(root):
+    """``graphviz-autograd dashboard root`` in a real process; yields its URL, stops it with
+    Ctrl-C (a generator for a fixture to ``yield from``)."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "graphviz_autograd", "dashboard", str(root),
+                             "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    assert f"http://127.0.0.1:{port}/" in first, first + proc.stderr.read()
+    yield f"http://127.0.0.1:{port}/"
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    yield from launch_chromium()
 
 
 @pytest.fixture

@@ -23,11 +23,11 @@ if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
 pytest.importorskip("dash")
 
+from test_browser_dashboard import launch_chromium  # noqa: E402
 from hostile_dash import LONG, build_root, long_name, start_server, stop, wait_ready  # noqa: E402
 
 from graphviz_autograd.dashboard.names import AXIS_MOST, SHOWN_MOST  # noqa: E402
 
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
 RENDER_BOUND_S = 30          # measured 3-5 s on 2 busy cores; before the fix: > 60 s or a crash
 METRICS_PLOT = "document.querySelector('#gva-metrics .js-plotly-plot')"
 
@@ -43,11 +43,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"),
-                              args=ARGS)
-        yield b
-        b.close()
+    yield from launch_chromium()
 
 
 @pytest.fixture

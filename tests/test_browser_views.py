@@ -9,14 +9,11 @@ plotly's figure data, cytoscape's rendered styles and positions, element rectang
 from __future__ import annotations
 
 import random
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from test_browser_dashboard import ARGS, CHROMIUM, CY, REPO, _free_port, sync_api  # noqa: F401
+from test_browser_dashboard import CY, launch_chromium, serve_dashboard, sync_api  # noqa: F401
 
 from graphviz_autograd.export.style import contrast
 from graphviz_autograd.store import RunWriter
@@ -109,23 +106,12 @@ def runs_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(runs_root):
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "graphviz_autograd", "dashboard", str(runs_root),
-                             "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    first = proc.stdout.readline()
-    assert f"http://127.0.0.1:{port}/" in first, first + proc.stderr.read()
-    yield f"http://127.0.0.1:{port}/"
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=20)
+    yield from serve_dashboard(runs_root)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
+    yield from launch_chromium()
 
 
 @pytest.fixture
