@@ -144,6 +144,11 @@ def check_inputs(items: Iterable[object]) -> str | None:
     """The first input (``{"id", "property", "value"}``) that is not what the page sends, as a
     message naming it, the value and the fix; None when all are fine."""
     for item in items:
+        if isinstance(item, list):      # a pattern-matched input (ALL): one entry per component
+            problem = _check_pattern(item)
+            if problem is not None:
+                return problem
+            continue
         if not isinstance(item, dict) or "id" not in item or not isinstance(item.get("property"), str):
             return f"callback input {_shown(item)} is not {{id, property, value}}. Fix: reload the page"
         key = f"{item['id']}.{item['property']}" if isinstance(item["id"], str) else None
@@ -152,6 +157,13 @@ def check_inputs(items: Iterable[object]) -> str | None:
             return (f"input {key} is {_shown(item.get('value'))}; it must be {check.what}. "
                     "Fix: reload the page")
     return None
+
+
+def _check_pattern(items: list) -> str | None:
+    if len(items) > 10_000 or not all(isinstance(i, dict) and not isinstance(i.get("id"), str)
+                                      for i in items):
+        return f"callback input {_shown(items)} is not a list of pattern inputs. Fix: reload the page"
+    return check_inputs(items)
 
 
 def depth_over(value: object, most: int = MAX_DEPTH) -> bool:

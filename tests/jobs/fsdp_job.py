@@ -85,3 +85,10 @@ expected["warnings"] = [str(w.message) for w in caught if "graphviz" in str(w.me
 with open(os.path.join(out_dir, f"expected-rank{rank}.json"), "w") as f:
     json.dump(expected, f)
 dist.destroy_process_group()
+# PyTorch 2.14's FSDP2 on gloo aborts in its own teardown at interpreter exit in about 1 run in
+# 10 ("terminate called without an active exception"), also with no graphviz-autograd code at
+# all (a bare fully_shard + 4 SGD steps: 1 of 12 runs). Everything is written and the groups
+# are destroyed by now: leave without running C++ static destructors.
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
