@@ -39,3 +39,9 @@ with ga.Recorder(net, os.path.join(out, f"machine-{rank}", "run"), optimizer=opt
         opt.step()
         rec.log(step, loss=loss)
 print(f"done {rank}", flush=True)
+# After a peer died, PyTorch 2.14's gloo teardown at interpreter exit sometimes aborts
+# ("terminate called without an active exception"; 1 of 2 full-suite runs) in its own C++
+# destructors, after our work is done: leave without running them.
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
